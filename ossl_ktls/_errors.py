@@ -1,0 +1,210 @@
+"""The one exception hierarchy of ossl_ktls, and the one place errors are mapped.
+
+Every error the library raises is an :class:`Error`. Where an error resembles a
+builtin one, the class also inherits it, so ``except ConnectionError`` or
+``except ValueError`` in existing code keeps working:
+
+* :class:`ProtocolError` (and its subclasses), :class:`TLSAlertError` and
+  :class:`TruncatedStream` are ``ConnectionError``\\ s: the peer broke the stream.
+* :class:`NotPrepared`, :class:`UsageError` are ``ValueError``\\ s: the caller's mistake.
+* :class:`KernelError` is an ``OSError`` carrying the errno the kernel returned.
+
+Each error carries ``errno`` (the kernel errno it came from, or ``None``) and
+``alert`` (the TLS alert description it corresponds to, or ``None``).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+__all__ = [
+    "BadRecordMAC",
+    "ConnectionClosed",
+    "DecodeError",
+    "Error",
+    "KTLSUnavailable",
+    "KernelError",
+    "KeyUpdateUnsupported",
+    "NotPrepared",
+    "ProtocolError",
+    "RecordOverflow",
+    "TLSAlertError",
+    "TruncatedStream",
+    "UnexpectedMessage",
+    "UsageError",
+    "from_errno",
+]
+
+# TLS alert descriptions (RFC 8446 section 6, RFC 5246 section 7.2).
+ALERT_NAMES: dict[int, str] = {
+    0: "close_notify",
+    10: "unexpected_message",
+    20: "bad_record_mac",
+    21: "decryption_failed",
+    22: "record_overflow",
+    30: "decompression_failure",
+    40: "handshake_failure",
+    41: "no_certificate",
+    42: "bad_certificate",
+    43: "unsupported_certificate",
+    44: "certificate_revoked",
+    45: "certificate_expired",
+    46: "certificate_unknown",
+    47: "illegal_parameter",
+    48: "unknown_ca",
+    49: "access_denied",
+    50: "decode_error",
+    51: "decrypt_error",
+    60: "export_restriction",
+    70: "protocol_version",
+    71: "insufficient_security",
+    80: "internal_error",
+    86: "inappropriate_fallback",
+    90: "user_canceled",
+    100: "no_renegotiation",
+    109: "missing_extension",
+    110: "unsupported_extension",
+    111: "certificate_unobtainable",
+    112: "unrecognized_name",
+    113: "bad_certificate_status_response",
+    114: "bad_certificate_hash_value",
+    115: "unknown_psk_identity",
+    116: "certificate_required",
+    120: "no_application_protocol",
+}
+
+
+def alert_name(description: int) -> str:
+    """The RFC name of a TLS alert description, or ``alert_<n>`` for unknown ones."""
+    return ALERT_NAMES.get(description, f"alert_{description}")
+
+
+class Error(Exception):
+    """Root of every exception ossl_ktls raises.
+
+    Attributes:
+        errno: the kernel errno this error came from, or ``None``.
+        alert: the TLS alert description (RFC 8446 section 6) it corresponds to, or ``None``.
+    """
+
+    errno: int | None = None
+    alert: int | None = None
+
+    def __init__(self, message: str, *, errno: int | None = None, alert: int | None = None):
+        super().__init__(message)
+        if errno is not None:
+            self.errno = errno
+        if alert is not None:
+            self.alert = alert
+
+
+class KTLSUnavailable(Error):
+    """The kernel cannot take over this connection and ``require=True`` was asked.
+
+    The message names the reason: no ``tls`` ULP, a cipher the kernel lacks, a session
+    feature kernel TLS cannot carry, ...
+    """
+
+
+class UsageError(Error, ValueError):
+    """The library was used in a way it does not support (wrapped twice, wrong socket, ...)."""
+
+
+class NotPrepared(UsageError):
+    """``wrap()`` was given a Connection whose Context never went through ``prepare()``."""
+
+
+class ConnectionClosed(Error, OSError):
+    """The connection was closed (by ``close()`` or after a fatal error); no I/O is possible."""
+
+    def __init__(self, message: str = "connection is closed") -> None:
+        Error.__init__(self, message, errno=_errno.EBADF)
+
+
+class KernelError(Error, OSError):
+    """A kernel call failed with an errno that has no more specific meaning here."""
+
+
+class ProtocolError(Error, ConnectionError):
+    """The peer broke the TLS protocol (fatal: the connection is closed)."""
+
+
+class BadRecordMAC(ProtocolError):
+    """A record failed authentication (tampered or wrongly keyed): kernel ``EBADMSG``."""
+
+    errno = _errno.EBADMSG
+    alert = 20
+
+
+class RecordOverflow(ProtocolError):
+    """A record longer than TLS allows arrived: kernel ``EMSGSIZE``."""
+
+    errno = _errno.EMSGSIZE
+    alert = 22
+
+
+class DecodeError(ProtocolError):
+    """A record or handshake message could not be parsed."""
+
+    alert = 50
+
+
+class UnexpectedMessage(ProtocolError):
+    """A record or handshake message that is not allowed at this point arrived."""
+
+    alert = 10
+
+
+class TruncatedStream(Error, ConnectionError):
+    """The TCP stream ended without a TLS close_notify: the data may have been cut short."""
+
+
+class TLSAlertError(Error, ConnectionError):
+    """The peer sent a TLS alert other than close_notify.
+
+    Attributes:
+        level: 1 (warning) or 2 (fatal).
+        description: the alert description number; ``alert`` holds the same value.
+    """
+
+    def __init__(self, level: int, description: int, message: str | None = None) -> None:
+        self.level = level
+        self.description = description
+        kind = "fatal" if level == 2 else "warning" if level == 1 else f"level-{level}"
+        text = message or f"peer sent {kind} alert {alert_name(description)} ({description})"
+        super().__init__(text, alert=description)
+
+
+class KeyUpdateUnsupported(Error):
+    """A TLS 1.3 KeyUpdate needs a transmit rekey this kernel cannot do (before Linux 6.14)."""
+
+
+_ERRNO_CLASSES: dict[int, type[Error]] = {
+    _errno.EBADMSG: BadRecordMAC,
+    _errno.EMSGSIZE: RecordOverflow,
+}
+
+
+def from_errno(err: int, operation: str) -> Error:
+    """Map a kernel errno from a TLS socket operation to the library's exception.
+
+    ``operation`` is a short phrase ("receive", "sendfile", ...) put into the message.
+    Errors that are plain connection errors (ECONNRESET, EPIPE, ...) become
+    :class:`KernelError` instances that are also the matching builtin ``OSError``
+    subclass's errno, so ``except ConnectionResetError`` style checks on ``errno`` work.
+    """
+    text = f"{operation} failed: {os.strerror(err)} (errno {err})"
+    cls = _ERRNO_CLASSES.get(err)
+    if cls is not None:
+        return cls(text, errno=err)
+    if err == _errno.EINVAL:
+        return ProtocolError(f"{operation} failed: the kernel rejected a record (EINVAL)",
+                             errno=err, alert=50)
+    if err in (_errno.ECONNRESET, _errno.EPIPE, _errno.ECONNABORTED, _errno.ETIMEDOUT):
+        return _ConnectionKernelError(text, errno=err)
+    return KernelError(text, errno=err)
+
+
+class _ConnectionKernelError(KernelError, ConnectionError):
+    """A transport-level failure (reset, broken pipe) reported by the kernel."""
