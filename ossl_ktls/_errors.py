@@ -199,8 +199,9 @@ def from_errno(err: int, operation: str) -> Error:
     if cls is not None:
         return cls(text, errno=err)
     if err == _errno.EINVAL:
-        return ProtocolError(f"{operation} failed: the kernel rejected a record (EINVAL)",
-                             errno=err, alert=50)
+        return ProtocolError(
+            f"{operation} failed: the kernel rejected a record (EINVAL)", errno=err, alert=50
+        )
     if err in (_errno.ECONNRESET, _errno.EPIPE, _errno.ECONNABORTED, _errno.ETIMEDOUT):
         return _ConnectionKernelError(text, errno=err)
     return KernelError(text, errno=err)

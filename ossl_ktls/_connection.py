@@ -1,0 +1,1212 @@
+"""KTLSConnection: a pyOpenSSL Connection whose record layer lives in the kernel.
+
+Theory of operation
+-------------------
+``wrap(conn)`` finishes the handshake through pyOpenSSL, then:
+
+1. reads the negotiated version and cipher, and asks ``probe()`` what the kernel takes;
+2. derives each direction's key/IV (TLS 1.2: key block from the master secret; TLS 1.3:
+   from the traffic secrets the keylog callback caught, advanced once per KeyUpdate
+   OpenSSL already processed) and takes the next record sequence number of each
+   direction from the message-callback accounting (``_observer``);
+3. takes the plaintext OpenSSL already decrypted but nobody read (``conn.pending()``) to
+   deliver it first;
+4. swaps OpenSSL's socket BIO for memory BIOs (``_openssl.detach_from_socket``). From
+   here on OpenSSL never touches the socket by itself: every byte that reaches the wire
+   goes through this class, either as plaintext into the kernel or as ciphertext OpenSSL
+   produced into its memory BIO (the user-space path);
+5. attaches the ``tls`` ULP and installs TLS_TX and/or TLS_RX.
+
+Each direction is then either *kernel* (``ktls_tx``/``ktls_rx``) or *user space*
+(OpenSSL with memory BIOs, fed by this class). Every way the kernel could not take
+over ends in user space with ``fallback_reason`` set, or in ``KTLSUnavailable`` when the
+caller said ``require=True``.
+
+Post-handshake records on kernel RX arrive one per ``recvmsg`` with their type in a
+cmsg: alerts, NewSessionTicket (the TLS 1.3 special case: servers send them right after
+the handshake, so a client's first kernel read usually finds one), KeyUpdate, and TLS
+1.2 HelloRequest. They are handled in ``_control_record``. Every fatal error goes
+through ``_fatal``: the socket is closed and every later call raises.
+
+TLS 1.3 on kernels that cannot rekey (before 6.14): a peer's KeyUpdate would stop
+kernel RX for good, so by default RX stays in user space there (as OpenSSL 3.0 does),
+where OpenSSL follows a KeyUpdate by itself; only a KeyUpdate that asks us to rekey TX
+is fatal (``KeyUpdateUnsupported``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import select
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from typing import IO, Any, BinaryIO, Literal
+
+from OpenSSL import SSL
+
+from . import _linux_tls as uapi
+from . import _openssl, _records
+from ._errors import (
+    BadRecordMAC,
+    ConnectionClosed,
+    Error,
+    KeyUpdateUnsupported,
+    KTLSUnavailable,
+    NotPrepared,
+    ProtocolError,
+    RecordOverflow,
+    TLSAlertError,
+    TruncatedStream,
+    UnexpectedMessage,
+    UsageError,
+    alert_name,
+    from_errno,
+)
+from ._keys import (
+    tls12_key_block,
+    tls13_next_traffic_secret,
+    tls13_traffic_key_iv,
+)
+from ._suites import Suite, suite_for_openssl_name
+
+TicketCallback = Callable[["KTLSConnection", bytes], None]
+
+_MAX_RECORD = 16384
+_ALERT_WARNING, _ALERT_FATAL = 1, 2
+_CLOSE_NOTIFY = 0
+_NO_RENEGOTIATION = 100
+_READ_CHUNK = 65536
+
+# Read-only pyOpenSSL Connection methods passed through unchanged.
+_PASSTHROUGH = (
+    "get_cipher_name",
+    "get_cipher_bits",
+    "get_cipher_version",
+    "get_protocol_version_name",
+    "get_protocol_version",
+    "get_peer_certificate",
+    "get_peer_cert_chain",
+    "get_verified_chain",
+    "get_certificate",
+    "get_servername",
+    "get_alpn_proto_negotiated",
+    "get_session",
+    "get_context",
+    "get_app_data",
+    "get_finished",
+    "get_peer_finished",
+    "client_random",
+    "server_random",
+)
+
+
+def _deadline(sock: socket.socket) -> float | None:
+    timeout = sock.gettimeout()
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _wait(sock: socket.socket, *, write: bool, deadline: float | None) -> None:
+    """Wait until *sock* is readable/writable, honouring its timeout semantics."""
+    timeout = sock.gettimeout()
+    if timeout == 0.0:
+        raise BlockingIOError(errno.EAGAIN, "operation would block")
+    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT if write else select.POLLIN)
+    if not poller.poll(None if remaining is None else remaining * 1000):
+        raise TimeoutError("timed out")
+
+
+def _finish_handshake(conn: SSL.Connection, sock: socket.socket) -> None:
+    """Run (or confirm) the handshake the way the socket's blocking mode says.
+
+    Blocking sockets block; a socket with a timeout waits up to it (TimeoutError); a
+    non-blocking socket lets pyOpenSSL's WantReadError/WantWriteError through, so the
+    caller retries ``wrap()`` when the socket is ready, as with ``do_handshake``.
+    """
+    deadline = _deadline(sock)
+    while True:
+        try:
+            conn.do_handshake()
+            return
+        except SSL.WantReadError:
+            if sock.gettimeout() == 0.0:
+                raise
+            _wait(sock, write=False, deadline=deadline)
+        except SSL.WantWriteError:
+            if sock.gettimeout() == 0.0:
+                raise
+            _wait(sock, write=True, deadline=deadline)
+
+
+_ALERT_BY_NAME = {
+    name: number
+    for number, name in {
+        0: "close notify",
+        10: "unexpected message",
+        20: "bad record mac",
+        22: "record overflow",
+        40: "handshake failure",
+        42: "bad certificate",
+        43: "unsupported certificate",
+        44: "certificate revoked",
+        45: "certificate expired",
+        46: "certificate unknown",
+        47: "illegal parameter",
+        48: "unknown ca",
+        49: "access denied",
+        50: "decode error",
+        51: "decrypt error",
+        70: "protocol version",
+        71: "insufficient security",
+        80: "internal error",
+        90: "user canceled",
+        100: "no renegotiation",
+        109: "missing extension",
+        110: "unsupported extension",
+        112: "unrecognized name",
+        116: "certificate required",
+        120: "no application protocol",
+    }.items()
+}
+
+
+def _from_openssl(exc: SSL.Error, operation: str) -> Error:
+    """Map a pyOpenSSL error of the user-space path to the library's hierarchy."""
+    if isinstance(exc, SSL.SysCallError):
+        code = exc.args[0] if exc.args else -1
+        if code in (-1, 0):
+            return TruncatedStream(f"{operation}: the peer closed TCP without close_notify")
+        return from_errno(int(code), operation)
+    reasons = [str(r[2]) for r in (exc.args[0] if exc.args else []) if len(r) >= 3]
+    text = "; ".join(reasons) or str(exc)
+    low = text.lower()
+    if "alert" in low:
+        tail = low.split("alert", 1)[1].strip()
+        number = _ALERT_BY_NAME.get(tail)
+        if number is not None:
+            return TLSAlertError(_ALERT_FATAL, number)
+    if "unexpected eof" in low:
+        return TruncatedStream(f"{operation}: the peer closed TCP without close_notify")
+    if "bad record mac" in low or "decryption failed" in low:
+        return BadRecordMAC(f"{operation}: record authentication failed ({text})")
+    if "too long" in low or "overflow" in low:
+        return RecordOverflow(f"{operation}: record too long ({text})")
+    if "unexpected" in low or "bad key update" in low:
+        return UnexpectedMessage(f"{operation}: {text}")
+    return ProtocolError(f"{operation}: {text}")
+
+
+class KTLSConnection:
+    """A TLS connection whose record layer runs in the kernel where it can.
+
+    Made by :func:`wrap`, not directly. ``ktls_tx``/``ktls_rx`` tell which directions
+    the kernel carries; ``fallback_reason`` says, in a sentence, why a direction stayed
+    in user space (None when both went to the kernel). The API is the same either way.
+
+    Thread safety: one thread may send while another receives; concurrent senders (or
+    receivers) must be serialised by the caller, as with a socket.
+    """
+
+    ktls_tx: bool
+    ktls_rx: bool
+    fallback_reason: str | None
+
+    def __init__(
+        self,
+        conn: SSL.Connection,
+        sock: socket.socket,
+        *,
+        ticket_callback: TicketCallback | None,
+        ragged_eof: bool,
+    ) -> None:
+        self._conn = conn
+        self._sock = sock
+        self._ticket_callback = ticket_callback
+        self._ragged_eof = ragged_eof
+        self.ktls_tx = False
+        self.ktls_rx = False
+        self.fallback_reason = None
+        self.version = ""
+        self.suite: Suite | None = None
+        self._is_server = False
+        self._rx_plain = bytearray()
+        self._more_buf = bytearray()
+        self._more_pending = False
+        self._hs = _records.HandshakeBuffer()
+        self._closed = False
+        self._broken: Error | None = None
+        self._eof = False
+        self._close_notify_sent = False
+        self._close_notify_received = False
+        self._tx_lock = threading.RLock()
+        self._scratch = bytearray(_MAX_RECORD + 256)
+        self._secrets: dict[str, bytearray] = {}
+        self._can_rekey = False
+        self._tx_records = 0
+        self.key_update_after: int | None = None
+        self._alerts_replayed = 0
+
+    # ------------------------------------------------------------------ info
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _PASSTHROUGH:
+            return getattr(self._conn, name)
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "broken" if self._broken else "open"
+        return (
+            f"<KTLSConnection {state} {self.version} {self.suite.name if self.suite else '?'} "
+            f"ktls_tx={self.ktls_tx} ktls_rx={self.ktls_rx}>"
+        )
+
+    @property
+    def connection(self) -> SSL.Connection:
+        """The wrapped pyOpenSSL Connection (for information only: do not do I/O on it)."""
+        return self._conn
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (for select/selectors/poll)."""
+        return self._sock.fileno()
+
+    def gettimeout(self) -> float | None:
+        """The socket's timeout (None: blocking, 0.0: non-blocking)."""
+        return self._sock.gettimeout()
+
+    def settimeout(self, value: float | None) -> None:
+        """Set the socket's timeout; the semantics are those of ``socket.settimeout``."""
+        self._sock.settimeout(value)
+
+    def setblocking(self, flag: bool) -> None:
+        """``socket.setblocking``."""
+        self._sock.setblocking(flag)
+
+    def tx_sequence(self) -> int:
+        """The record sequence number the kernel will use next on TX (kernel TX only)."""
+        self._require_kernel("tx_sequence", self.ktls_tx)
+        assert self.suite is not None
+        return uapi.read_rec_seq(self._sock, uapi.TLS_TX, self.suite.name)
+
+    def rx_sequence(self) -> int:
+        """The record sequence number the kernel expects next on RX (kernel RX only)."""
+        self._require_kernel("rx_sequence", self.ktls_rx)
+        assert self.suite is not None
+        return uapi.read_rec_seq(self._sock, uapi.TLS_RX, self.suite.name)
+
+    def _require_kernel(self, what: str, flag: bool) -> None:
+        if not flag:
+            raise UsageError(f"{what}() needs that direction in the kernel")
+
+    # ------------------------------------------------------------------ state
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise ConnectionClosed(f"connection is closed after an error: {self._broken}")
+        if self._closed:
+            raise ConnectionClosed()
+
+    def _fatal(self, exc: Error, *, alert: bool = True) -> Error:
+        """Record *exc* as fatal, tell the peer when we can, close the socket, return exc."""
+        if self._broken is None and not self._closed:
+            self._broken = exc
+            if alert and exc.alert is not None and not isinstance(exc, TLSAlertError):
+                with contextlib.suppress(OSError, Error, SSL.Error):
+                    self._send_alert_raw(_ALERT_FATAL, exc.alert)
+            self._teardown()
+        return exc
+
+    def _teardown(self) -> None:
+        self._wipe()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def _wipe(self) -> None:
+        for buf in self._secrets.values():
+            buf[:] = bytes(len(buf))
+        self._secrets.clear()
+        _openssl.state_of(self._conn).wipe()
+
+    def _os_error(self, exc: OSError, operation: str) -> Exception:
+        """Blocking/timeout errors pass through; others are fatal and mapped."""
+        if isinstance(exc, (BlockingIOError, TimeoutError, InterruptedError)):
+            return exc
+        if exc.errno is None:
+            return self._fatal(from_errno(errno.EIO, operation))
+        return self._fatal(from_errno(exc.errno, operation), alert=exc.errno != errno.EPIPE)
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, data: bytes | bytearray | memoryview, *, more: bool = False) -> int:
+        """Send *data*; returns how many bytes were accepted (like ``socket.send``).
+
+        ``more=True`` is MSG_MORE: the record is held open and coalesced with the next
+        sends up to 2^14 bytes; a later send without ``more`` (or ``shutdown``/``close``)
+        closes it.
+        """
+        with self._tx_lock:
+            self._check_usable()
+            if self._close_notify_sent:
+                raise ConnectionClosed("send() after shutdown()")
+            view = memoryview(data).cast("B")
+            if self.ktls_tx:
+                self._maybe_auto_key_update()
+                try:
+                    n = self._sock.send(view, socket.MSG_MORE if more else 0)
+                except OSError as exc:
+                    raise self._os_error(exc, "send") from exc
+                self._more_pending = more
+                self._count_tx(n)
+                return n
+            return self._user_send(view, more)
+
+    def sendall(self, data: bytes | bytearray | memoryview, *, more: bool = False) -> None:
+        """Send all of *data* (like ``socket.sendall``)."""
+        view = memoryview(data).cast("B")
+        sent = 0
+        deadline = _deadline(self._sock)
+        while sent < len(view) or (not view and sent == 0):
+            try:
+                sent += self.send(view[sent:], more=more)
+            except BlockingIOError:
+                _wait(self._sock, write=True, deadline=deadline)
+            if not view:
+                break
+
+    def sendmsg(self, buffers: list[bytes], *, more: bool = False) -> int:
+        """Send several buffers as one stream (all of them); returns the byte count."""
+        total = 0
+        last = len(buffers) - 1
+        for i, buf in enumerate(buffers):
+            self.sendall(buf, more=more or i < last)
+            total += len(buf)
+        return total
+
+    def write(self, data: bytes) -> int:
+        """pyOpenSSL-style alias of :meth:`sendall` returning the length."""
+        self.sendall(data)
+        return len(data)
+
+    def _count_tx(self, nbytes: int) -> None:
+        # An upper bound of the records written: at least one per call.
+        self._tx_records += max(1, -(-nbytes // _MAX_RECORD))
+
+    def _user_send(self, view: memoryview, more: bool) -> int:
+        if more:
+            self._more_buf += view
+            if len(self._more_buf) < _MAX_RECORD:
+                return len(view)
+            payload = bytes(self._more_buf)
+        else:
+            payload = bytes(self._more_buf) + bytes(view)
+        self._more_buf.clear()
+        self._user_write(payload)
+        return len(view)
+
+    def _user_write(self, payload: bytes) -> None:
+        """Encrypt through OpenSSL (memory BIO) and put the ciphertext on the socket."""
+        try:
+            if payload:
+                self._conn.sendall(payload)
+        except SSL.Error as exc:
+            raise self._fatal(_from_openssl(exc, "send")) from exc
+        self._flush_openssl_output()
+
+    def _flush_openssl_output(self) -> None:
+        out = _openssl.pending_output(self._conn)
+        if out:
+            try:
+                self._sock.sendall(out)
+            except OSError as exc:
+                raise self._os_error(exc, "send") from exc
+
+    def sendfile(
+        self, file: BinaryIO | IO[bytes], offset: int = 0, count: int | None = None
+    ) -> int:
+        """Send a file; same contract as ``socket.sendfile``. Returns the bytes sent.
+
+        With kernel TX this is zero-copy ``os.sendfile``; otherwise a user-space loop.
+        The file position is left after the last byte sent. On an error the exception
+        has ``bytes_sent``: what the kernel really accepted before it.
+
+        Raises:
+            UsageError: not a regular file, ``count`` past the end of the file, a
+                non-blocking socket.
+        """
+        self._check_usable()
+        try:
+            fd = file.fileno()
+        except (AttributeError, io.UnsupportedOperation) as exc:
+            raise UsageError("sendfile() needs a file with a file descriptor") from exc
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError("sendfile() needs a regular file")
+        if offset < 0 or (count is not None and count < 0):
+            raise UsageError("offset and count must not be negative")
+        available = max(0, st.st_size - offset)
+        if count is None:
+            count = available
+        elif count > available:
+            raise UsageError(
+                f"sendfile(): count={count} goes past the end of the file "
+                f"({available} bytes from offset {offset})"
+            )
+        if self._sock.gettimeout() == 0.0:
+            raise UsageError("sendfile() needs a blocking socket or one with a timeout")
+        if count == 0:
+            return 0
+        sent = 0
+        try:
+            if self.ktls_tx:
+                sent = self._kernel_sendfile(fd, offset, count)
+            else:
+                sent = self._user_sendfile(fd, offset, count)
+        finally:
+            if sent and hasattr(file, "seek"):
+                file.seek(offset + sent)
+        return sent
+
+    def _kernel_sendfile(self, fd: int, offset: int, count: int) -> int:
+        sent = 0
+        deadline = _deadline(self._sock)
+        with self._tx_lock:
+            self._check_usable()
+            self._maybe_auto_key_update()
+            sockfd = self._sock.fileno()
+            while sent < count:
+                try:
+                    n = os.sendfile(sockfd, fd, offset + sent, min(count - sent, 1 << 30))
+                except BlockingIOError:
+                    try:
+                        _wait(self._sock, write=True, deadline=deadline)
+                    except TimeoutError as exc:
+                        exc.bytes_sent = sent  # type: ignore[attr-defined]
+                        raise
+                    continue
+                except OSError as exc:
+                    err = self._os_error(exc, "sendfile")
+                    err.bytes_sent = sent  # type: ignore[attr-defined]
+                    raise err from exc
+                if n == 0:
+                    err2 = Error(f"sendfile(): the file ended after {sent} of {count} bytes")
+                    err2.bytes_sent = sent  # type: ignore[attr-defined]
+                    raise err2
+                sent += n
+                self._count_tx(n)
+            self._more_pending = False
+        return sent
+
+    def _user_sendfile(self, fd: int, offset: int, count: int) -> int:
+        sent = 0
+        while sent < count:
+            chunk = os.pread(fd, min(_READ_CHUNK, count - sent), offset + sent)
+            if not chunk:
+                raise Error(f"sendfile(): the file ended after {sent} of {count} bytes")
+            self.sendall(chunk)
+            sent += len(chunk)
+        return sent
+
+    def send_alert(self, level: int, description: int) -> None:
+        """Send a TLS alert record (21) through kernel TX.
+
+        ``send_alert(1, 0)`` is close_notify (prefer :meth:`shutdown`). A fatal alert
+        (level 2) ends the connection: the socket is closed after it.
+        In user space only close_notify can be sent (OpenSSL has no API for other
+        alerts): other alerts raise ``UsageError`` there.
+        """
+        if level not in (_ALERT_WARNING, _ALERT_FATAL) or not 0 <= description <= 255:
+            raise UsageError("alert level must be 1 or 2 and description 0..255")
+        with self._tx_lock:
+            self._check_usable()
+            if not self.ktls_tx and description != _CLOSE_NOTIFY:
+                raise UsageError("send_alert() of anything but close_notify needs kernel TX")
+            self._send_alert_raw(level, description)
+            if description == _CLOSE_NOTIFY:
+                self._close_notify_sent = True
+            if level == _ALERT_FATAL:
+                self._broken = Error(f"we sent fatal alert {alert_name(description)}")
+                self._teardown()
+
+    def _send_alert_raw(self, level: int, description: int) -> None:
+        if self.ktls_tx:
+            try:
+                uapi.send_record(self._sock, _records.CONTENT_ALERT, bytes([level, description]))
+            except OSError as exc:
+                raise self._os_error(exc, "send alert") from exc
+            self._more_pending = False
+            self._count_tx(2)
+        elif description == _CLOSE_NOTIFY:
+            if self._more_buf:
+                self._user_write(bytes(self._more_buf))
+                self._more_buf.clear()
+            try:
+                self._conn.shutdown()
+            except SSL.Error as exc:
+                raise self._fatal(_from_openssl(exc, "shutdown")) from exc
+            self._flush_openssl_output()
+
+    # ------------------------------------------------------------------ key update
+
+    def key_update(self, request_peer: bool = False) -> None:
+        """Send a TLS 1.3 KeyUpdate and move kernel TX to the next key.
+
+        ``request_peer=True`` asks the peer to update its key too.
+
+        Raises:
+            UsageError: not TLS 1.3, or TX is not in the kernel.
+            KeyUpdateUnsupported: the kernel cannot rekey (before Linux 6.14).
+        """
+        with self._tx_lock:
+            self._check_usable()
+            if self.version != "1.3":
+                raise UsageError("KeyUpdate exists only in TLS 1.3")
+            if not self.ktls_tx:
+                raise UsageError("key_update() needs kernel TX")
+            self._tx_key_update(request_peer)
+
+    def _tx_key_update(self, request_peer: bool) -> None:
+        if not self._can_rekey or "tx" not in self._secrets:
+            raise KeyUpdateUnsupported(
+                "this kernel cannot change a TLS 1.3 key on a live socket (Linux 6.14+ can); "
+                "the connection cannot update its transmit key"
+            )
+        assert self.suite is not None
+        try:
+            uapi.send_record(
+                self._sock, _records.CONTENT_HANDSHAKE, _records.encode_key_update(request_peer)
+            )
+        except OSError as exc:
+            raise self._os_error(exc, "send KeyUpdate") from exc
+        self._more_pending = False
+        self._advance_secret("tx")
+        try:
+            uapi.install(self._sock, uapi.TLS_TX, self._state_13("tx", 0))
+        except OSError as exc:
+            raise self._fatal(
+                KeyUpdateUnsupported(f"the kernel refused the new TX key: {exc.strerror}")
+            ) from exc
+        self._tx_records = 0
+
+    def _maybe_auto_key_update(self) -> None:
+        limit = self.key_update_after
+        if limit is not None and self.version == "1.3" and self._tx_records >= limit:
+            self._tx_key_update(False)
+
+    def _advance_secret(self, direction: str) -> None:
+        assert self.suite is not None
+        old = self._secrets[direction]
+        self._secrets[direction] = bytearray(
+            tls13_next_traffic_secret(self.suite.hash_name, bytes(old))
+        )
+        old[:] = bytes(len(old))
+
+    def _state_13(self, direction: str, seq: int) -> uapi.CryptoState:
+        assert self.suite is not None
+        key, iv = tls13_traffic_key_iv(
+            self.suite.hash_name, bytes(self._secrets[direction]), self.suite.key_len
+        )
+        return _crypto_state("1.3", self.suite, bytearray(key), bytearray(iv), seq)
+
+    # ------------------------------------------------------------------ receiving
+
+    def recv(self, bufsize: int = _READ_CHUNK) -> bytes:
+        """Receive up to *bufsize* bytes; ``b""`` at close_notify (like ``socket.recv``).
+
+        Raises:
+            TruncatedStream: TCP ended without close_notify (unless ``ragged_eof``).
+            TLSAlertError: the peer sent an alert; BadRecordMAC, RecordOverflow,
+                ProtocolError: the stream is corrupt. All of them close the connection.
+        """
+        if bufsize <= 0:
+            return b""
+        buf = bytearray(bufsize)
+        n = self.recv_into(buf)
+        del buf[n:]
+        return bytes(buf)
+
+    read = recv
+
+    def recv_into(self, buffer: bytearray | memoryview, nbytes: int = 0) -> int:
+        """Receive into *buffer* (like ``socket.recv_into``); 0 means close_notify."""
+        view = memoryview(buffer).cast("B")
+        if nbytes:
+            view = view[:nbytes]
+        if not len(view):
+            return 0
+        if self._rx_plain:
+            n = min(len(view), len(self._rx_plain))
+            view[:n] = self._rx_plain[:n]
+            del self._rx_plain[:n]
+            return n
+        self._check_usable()
+        if self._eof:
+            return 0
+        if self.ktls_rx:
+            return self._kernel_recv_into(view)
+        return self._user_recv_into(view)
+
+    def pending(self) -> int:
+        """Plaintext bytes already received and buffered in user space."""
+        return len(self._rx_plain)
+
+    def _kernel_recv_into(self, view: memoryview) -> int:
+        while True:
+            direct = len(view) >= _MAX_RECORD
+            target = view if direct else memoryview(self._scratch)
+            try:
+                n, rtype = uapi.recv_record_into(self._sock, target)
+            except OSError as exc:
+                raise self._os_error(exc, "receive") from exc
+            if rtype is None:
+                if n == 0:
+                    return self._transport_eof()
+                rtype = _records.CONTENT_APPLICATION_DATA
+            if rtype == _records.CONTENT_APPLICATION_DATA:
+                if n == 0:
+                    continue
+                if direct:
+                    return n
+                m = min(n, len(view))
+                view[:m] = target[:m]
+                if n > m:
+                    self._rx_plain += target[m:n]
+                return m
+            if self._control_record(rtype, bytes(target[:n])):
+                return 0
+
+    def _transport_eof(self) -> int:
+        self._eof = True
+        if self._ragged_eof or self._close_notify_received:
+            return 0
+        raise self._fatal(
+            TruncatedStream("the peer closed TCP without close_notify: data may be cut short"),
+            alert=False,
+        )
+
+    def _control_record(self, rtype: int, payload: bytes) -> bool:
+        """Handle one non-data record from kernel RX; True when it ends the stream."""
+        if rtype == _records.CONTENT_ALERT:
+            try:
+                level, description = _records.parse_alert(payload)
+            except Error as exc:
+                raise self._fatal(exc) from exc
+            if description == _CLOSE_NOTIFY:
+                self._close_notify_received = True
+                self._eof = True
+                if self.version == "1.2" and not self._close_notify_sent:
+                    try:
+                        with self._tx_lock:
+                            self._send_alert_raw(_ALERT_WARNING, _CLOSE_NOTIFY)
+                        self._close_notify_sent = True
+                    except (OSError, Error):
+                        pass
+                return True
+            if (
+                level == _ALERT_WARNING
+                and self.version == "1.2"
+                and description
+                in (
+                    _NO_RENEGOTIATION,
+                    90,
+                )
+            ):
+                return False  # RFC 5246: warnings that do not end the connection
+            raise self._fatal(TLSAlertError(level, description), alert=False)
+        if rtype == _records.CONTENT_HANDSHAKE:
+            try:
+                messages = self._hs.feed(payload)
+            except Error as exc:
+                raise self._fatal(exc) from exc
+            for msg in messages:
+                self._post_handshake_message(msg)
+            return False
+        raise self._fatal(UnexpectedMessage(f"unexpected record type {rtype} after the handshake"))
+
+    def _post_handshake_message(self, msg: _records.HandshakeMessage) -> None:
+        t = msg.msg_type
+        if self.version == "1.3" and t == _records.NEW_SESSION_TICKET and not self._is_server:
+            try:
+                _records.parse_new_session_ticket_13(msg.body)
+            except Error as exc:
+                raise self._fatal(exc) from exc
+            if self._ticket_callback is not None:
+                self._ticket_callback(self, msg.raw)
+            return
+        if self.version == "1.3" and t == _records.KEY_UPDATE:
+            try:
+                requested = _records.parse_key_update(msg.body)
+            except Error as exc:
+                raise self._fatal(exc) from exc
+            self._peer_key_update(requested)
+            return
+        if self.version == "1.2" and (
+            (t == _records.HELLO_REQUEST and not self._is_server)
+            or (t == _records.CLIENT_HELLO and self._is_server)
+        ):
+            # Renegotiation is refused (RFC 5246 7.4.1.1, RFC 5746): say so and go on.
+            if self.ktls_tx and not self._close_notify_sent:
+                with self._tx_lock:
+                    self._send_alert_raw(_ALERT_WARNING, _NO_RENEGOTIATION)
+            return
+        raise self._fatal(
+            UnexpectedMessage(f"unexpected handshake message type {t} after the handshake")
+        )
+
+    def _peer_key_update(self, requested: bool) -> None:
+        if not self._can_rekey or "rx" not in self._secrets:
+            raise self._fatal(
+                KeyUpdateUnsupported(
+                    "the peer updated its TLS 1.3 key, and this kernel cannot rekey kernel RX "
+                    "(Linux 6.14+ can); wrap() without rx_without_rekey keeps RX in user space"
+                )
+            )
+        self._advance_secret("rx")
+        try:
+            uapi.install(self._sock, uapi.TLS_RX, self._state_13("rx", 0))
+        except OSError as exc:
+            raise self._fatal(
+                KeyUpdateUnsupported(f"the kernel refused the new RX key: {exc.strerror}")
+            ) from exc
+        if requested:
+            with self._tx_lock:
+                if not self.ktls_tx:
+                    raise self._fatal(KeyUpdateUnsupported("a KeyUpdate reply needs kernel TX"))
+                self._tx_key_update(False)
+
+    def _user_recv_into(self, view: memoryview) -> int:
+        while True:
+            try:
+                data = self._conn.recv(len(view))
+            except SSL.WantReadError:
+                pass
+            except SSL.ZeroReturnError:
+                self._after_user_read()
+                self._close_notify_received = True
+                self._eof = True
+                if self.version == "1.2" and not self._close_notify_sent:
+                    try:
+                        with self._tx_lock:
+                            self._send_alert_raw(_ALERT_WARNING, _CLOSE_NOTIFY)
+                        self._close_notify_sent = True
+                    except (OSError, Error):
+                        pass
+                return 0
+            except SSL.Error as exc:
+                err = _from_openssl(exc, "receive")
+                if isinstance(err, TruncatedStream) and self._ragged_eof:
+                    self._eof = True
+                    return 0
+                raise self._fatal(err, alert=False) from exc
+            else:
+                self._after_user_read()
+                view[: len(data)] = data
+                return len(data)
+            self._after_user_read()
+            try:
+                chunk = self._sock.recv(_READ_CHUNK)
+            except OSError as exc:
+                raise self._os_error(exc, "receive") from exc
+            if not chunk:
+                self._conn.bio_shutdown()
+            else:
+                self._conn.bio_write(chunk)
+
+    def _after_user_read(self) -> None:
+        """Deal with what OpenSSL did while reading in user space."""
+        observer = _openssl.state_of(self._conn).observer
+        if observer.peer_key_update_requested:
+            observer.peer_key_update_requested = False
+            if self.ktls_tx:
+                with self._tx_lock:
+                    try:
+                        self._tx_key_update(False)
+                    except KeyUpdateUnsupported as exc:
+                        raise self._fatal(
+                            KeyUpdateUnsupported(
+                                "the peer asked for a TLS 1.3 KeyUpdate, which needs a kernel "
+                                "TX rekey this kernel cannot do (Linux 6.14+ can)"
+                            ),
+                            alert=False,
+                        ) from exc
+        out = _openssl.pending_output(self._conn)
+        if not out:
+            return
+        if not self.ktls_tx:
+            try:
+                self._sock.sendall(out)
+            except OSError as exc:
+                raise self._os_error(exc, "send") from exc
+            return
+        # OpenSSL wrote under its own (stale) TX state: replay alerts through the kernel.
+        new_alerts = observer.alerts_written[self._alerts_replayed :]
+        self._alerts_replayed = len(observer.alerts_written)
+        for level, description in new_alerts:
+            with self._tx_lock:
+                self._send_alert_raw(level, description)
+
+    # ------------------------------------------------------------------ closing
+
+    def shutdown(self) -> None:
+        """Send close_notify (through the kernel when TX is there), then half-close TCP.
+
+        Any MSG_MORE record still open is sent first. Receiving stays possible.
+        """
+        with self._tx_lock:
+            self._check_usable()
+            if not self._close_notify_sent:
+                self._send_alert_raw(_ALERT_WARNING, _CLOSE_NOTIFY)
+                self._close_notify_sent = True
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                if exc.errno != errno.ENOTCONN:
+                    raise self._os_error(exc, "shutdown") from exc
+
+    def close(self) -> None:
+        """Close the connection without losing data.
+
+        Sends close_notify if it was not sent yet (flushing an open MSG_MORE record),
+        reads and drops what already waits in the receive queue (typically TLS 1.3
+        tickets nobody read: closing over unread data makes the kernel send a TCP RST,
+        and the peer could lose the tail of our data), then closes the socket and wipes
+        any key material kept for rekeying.
+        """
+        if self._closed:
+            return
+        try:
+            if self._broken is None and not self._close_notify_sent:
+                self.shutdown()
+        except (OSError, Error, SSL.Error):
+            pass
+        self._drain()
+        self._closed = True
+        self._teardown()
+
+    def _drain(self) -> None:
+        if self._sock.fileno() < 0:
+            return
+        buf = memoryview(self._scratch)
+        for _ in range(256):
+            try:
+                if self.ktls_rx:
+                    n, _t = uapi.recv_record_into(self._sock, buf, socket.MSG_DONTWAIT)
+                else:
+                    n = self._sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+            except OSError:
+                return
+            if n == 0:
+                return
+
+    def __enter__(self) -> KTLSConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def makefile(
+        self,
+        mode: Literal["r", "w", "rb", "wb", "rw", "rwb"] = "rb",
+        buffering: int = -1,
+        *,
+        encoding: str | None = None,
+        newline: str | None = None,
+    ) -> IO[Any]:
+        """A file object over the connection, like ``socket.makefile``."""
+        return _makefile(self, mode, buffering, encoding=encoding, newline=newline)
+
+
+class _RawIO(io.RawIOBase):
+    def __init__(self, conn: KTLSConnection, readable: bool, writable: bool) -> None:
+        self._c = conn
+        self._r = readable
+        self._w = writable
+
+    def readable(self) -> bool:
+        return self._r
+
+    def writable(self) -> bool:
+        return self._w
+
+    def readinto(self, b: Any) -> int:
+        return self._c.recv_into(memoryview(b).cast("B"))
+
+    def write(self, b: Any) -> int:
+        self._c.sendall(b)
+        return len(memoryview(b))
+
+    def fileno(self) -> int:
+        return self._c.fileno()
+
+
+def _makefile(
+    conn: KTLSConnection,
+    mode: str,
+    buffering: int,
+    *,
+    encoding: str | None,
+    newline: str | None,
+) -> IO[Any]:
+    if not set(mode) <= {"r", "w", "b"}:
+        raise UsageError(f"invalid mode {mode!r} (only r, w, b)")
+    reading, writing, binary = "r" in mode, "w" in mode, "b" in mode
+    raw = _RawIO(conn, reading, writing)
+    if buffering == 0:
+        if not binary:
+            raise UsageError("unbuffered streams must be binary")
+        return raw  # type: ignore[return-value]
+    size = io.DEFAULT_BUFFER_SIZE if buffering < 0 else buffering
+    buffered: io.BufferedIOBase
+    if reading and writing:
+        buffered = io.BufferedRWPair(raw, raw, size)
+    elif reading:
+        buffered = io.BufferedReader(raw, size)
+    else:
+        buffered = io.BufferedWriter(raw, size)
+    if binary:
+        return buffered  # type: ignore[return-value]
+    return io.TextIOWrapper(buffered, encoding=encoding, newline=newline)  # type: ignore[type-var]
+
+
+def _crypto_state(
+    version: str, suite: Suite, key: bytearray, iv: bytearray, seq: int
+) -> uapi.CryptoState:
+    """Split a write IV into what the kernel structure wants (see REFERENCE.md)."""
+    if suite.salt_len:
+        salt = iv[: suite.salt_len]
+        # TLS 1.2 GCM/CCM: the iv field is the explicit nonce, unique per record; like
+        # OpenSSL, start it at the sequence number (the kernel increments it).
+        explicit = bytearray(seq.to_bytes(8, "big"))
+        kernel_iv = iv[suite.salt_len :] if version == "1.3" else explicit
+    else:
+        salt = bytearray()
+        kernel_iv = iv
+    state = uapi.CryptoState(version, suite.name, key, bytearray(kernel_iv), bytearray(salt), seq)
+    return state
+
+
+_VERSION_NAMES = {"TLSv1.2": "1.2", "TLSv1.3": "1.3"}
+
+
+def wrap(
+    conn: SSL.Connection,
+    *,
+    tx: bool = True,
+    rx: bool = True,
+    require: bool = False,
+    rx_without_rekey: bool = False,
+    rx_expect_no_pad: bool = False,
+    ragged_eof: bool = False,
+    ticket_callback: TicketCallback | None = None,
+    key_update_after: int | None = None,
+) -> KTLSConnection:
+    """Hand a pyOpenSSL Connection's record layer over to the kernel.
+
+    Works for client and server Connections, before the handshake (it is finished
+    here, honouring the socket's blocking mode and timeout) or after it, also after
+    application data already went both ways in user space.
+
+    Args:
+        tx, rx: which directions to try to move into the kernel.
+        require: raise :class:`KTLSUnavailable` instead of falling back to user space
+            when a requested direction cannot go to the kernel.
+        rx_without_rekey: TLS 1.3 on a kernel that cannot rekey (before 6.14): put RX
+            in the kernel anyway. A peer's KeyUpdate then ends the connection with
+            :class:`KeyUpdateUnsupported`. Off by default: RX stays in user space there,
+            where OpenSSL follows a peer's KeyUpdate.
+        rx_expect_no_pad: TLS 1.3 kernel RX: set TLS_RX_EXPECT_NO_PAD (faster when the
+            peer does not pad records; padded records are decrypted twice).
+        ragged_eof: read a TCP EOF without close_notify as a clean EOF instead of
+            raising :class:`TruncatedStream`.
+        ticket_callback: called with each raw TLS 1.3 NewSessionTicket message received
+            after the hand-over (client side).
+        key_update_after: TLS 1.3 kernel TX: send a KeyUpdate after about this many
+            records. Default: half the AEAD usage limit of RFC 8446 section 5.5.
+
+    Raises:
+        NotPrepared: the Connection's Context did not go through ``prepare()``.
+        UsageError: not a TCP socket Connection, or already wrapped.
+        KTLSUnavailable: ``require=True`` and the kernel cannot take over.
+        OpenSSL.SSL.Error: the handshake failed (certificate, protocol): nothing was
+            handed over.
+    """
+    if not isinstance(conn, SSL.Connection):
+        raise UsageError(f"wrap() takes an OpenSSL.SSL.Connection, not {type(conn).__name__}")
+    if getattr(conn, "_ossl_ktls_wrapped", False):
+        raise UsageError("this Connection is already wrapped")
+    if not _openssl.is_prepared(conn.get_context()):
+        raise NotPrepared(
+            "the Connection's Context was not prepared: call ossl_ktls.prepare(ctx) "
+            "before making Connections from it"
+        )
+    sock = getattr(conn, "_socket", None)
+    if not isinstance(sock, socket.socket):
+        raise UsageError("wrap() needs a Connection made over a socket (not memory BIOs)")
+    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        raise UsageError("kernel TLS needs a TCP socket (AF_INET or AF_INET6, SOCK_STREAM)")
+
+    _finish_handshake(conn, sock)
+    conn._ossl_ktls_wrapped = True  # type: ignore[attr-defined]
+
+    k = KTLSConnection(conn, sock, ticket_callback=ticket_callback, ragged_eof=ragged_eof)
+    state = _openssl.state_of(conn)
+    obs = state.observer
+    k._is_server = bool(obs.is_server)
+    version = _VERSION_NAMES.get(conn.get_protocol_version_name() or "", "")
+    k.version = version
+    cipher_name = conn.get_cipher_name() or ""
+    suite = suite_for_openssl_name(cipher_name) if version else None
+    k.suite = suite
+
+    reasons: list[str] = []
+    want_tx, want_rx = tx, rx
+    caps = uapi.probe()
+    if not version:
+        reasons.append(f"{conn.get_protocol_version_name()} is not TLS 1.2 or 1.3")
+    elif suite is None:
+        reasons.append(f"the cipher {cipher_name} has no kernel TLS equivalent")
+    elif _openssl.total_renegotiations(conn):
+        reasons.append("the session was renegotiated")
+    elif not caps.ulp:
+        reasons.append(caps.ulp_error or "the kernel has no 'tls' ULP")
+    if reasons:
+        want_tx = want_rx = False
+    else:
+        assert suite is not None
+        if want_tx and not caps.supports("tx", version, suite.name):
+            reasons.append(f"the kernel does not take TLS {version} {suite.name} on TX")
+            want_tx = False
+        if want_rx and not caps.supports("rx", version, suite.name):
+            reasons.append(f"the kernel does not take TLS {version} {suite.name} on RX")
+            want_rx = False
+        if want_rx and version == "1.3" and not caps.rekey and not rx_without_rekey:
+            reasons.append(
+                "RX stays in user space: this kernel cannot rekey TLS 1.3 (before 6.14), so "
+                "a peer's KeyUpdate would break kernel RX (rx_without_rekey=True overrides)"
+            )
+            want_rx = False
+        if want_rx and version == "1.3" and obs.read_open:
+            reasons.append("RX stays in user space: OpenSSL holds part of a record")
+            want_rx = False
+
+    if require and ((tx and not want_tx) or (rx and not want_rx)):
+        raise KTLSUnavailable("kernel TLS cannot take over: " + "; ".join(reasons))
+
+    # Plaintext OpenSSL already decrypted is delivered first.
+    while conn.pending() > 0:
+        k._rx_plain += conn.recv(conn.pending())
+    _openssl.detach_from_socket(conn)
+
+    if want_rx and version == "1.2" and not _peek_record_boundary(sock):
+        reasons.append("RX stays in user space: the socket is not at a record boundary")
+        want_rx = False
+        if require and rx:
+            raise KTLSUnavailable("kernel TLS cannot take over: " + "; ".join(reasons))
+
+    if want_tx or want_rx:
+        assert suite is not None
+        try:
+            _install(k, conn, sock, state, suite, version, want_tx, want_rx, caps)
+        except OSError as exc:
+            reason = f"the kernel refused the keys ({errno.errorcode.get(exc.errno or 0)})"
+            if require:
+                raise KTLSUnavailable(f"kernel TLS cannot take over: {reason}") from exc
+            reasons.append(reason)
+        if want_rx and rx_expect_no_pad and version == "1.3" and k.ktls_rx:
+            try:
+                uapi.set_u32(sock, uapi.TLS_RX_EXPECT_NO_PAD, 1)
+            except OSError:
+                reasons.append("TLS_RX_EXPECT_NO_PAD not supported by this kernel")
+    if not k._secrets:
+        state.wipe()
+    if suite is not None and version == "1.3":
+        k.key_update_after = (
+            key_update_after
+            if key_update_after is not None
+            else _records.aead_record_limit(suite.name) // 2
+        )
+    if (tx and not k.ktls_tx) or (rx and not k.ktls_rx):
+        k.fallback_reason = "; ".join(reasons) or "not requested"
+    return k
+
+
+def _peek_record_boundary(sock: socket.socket) -> bool:
+    """Whether the bytes waiting on *sock* (if any) start with a plausible TLS header."""
+    try:
+        head = sock.recv(5, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return True
+    if not head:
+        return True
+    if head[0] not in (20, 21, 22, 23):
+        return False
+    return len(head) < 3 or (head[1] == 3 and head[2] in (1, 2, 3, 4))
+
+
+def _install(
+    k: KTLSConnection,
+    conn: SSL.Connection,
+    sock: socket.socket,
+    state: _openssl.ConnState,
+    suite: Suite,
+    version: str,
+    want_tx: bool,
+    want_rx: bool,
+    caps: uapi.Capabilities,
+) -> None:
+    obs = state.observer
+    we, peer = ("server", "client") if k._is_server else ("client", "server")
+    tx_seq, rx_seq = obs.next_seq[1], obs.next_seq[0]
+    if version == "1.2":
+        master = bytearray(conn.master_key() or b"")
+        try:
+            block = tls12_key_block(
+                suite.hash_name,
+                bytes(master),
+                conn.client_random() or b"",
+                conn.server_random() or b"",
+                suite.key_len,
+                suite.fixed_iv_len_tls12,
+            )
+        finally:
+            master[:] = bytes(len(master))
+        keys = {
+            "client": (bytearray(block.client_key), bytearray(block.client_iv)),
+            "server": (bytearray(block.server_key), bytearray(block.server_iv)),
+        }
+        tx_state = _crypto_state(version, suite, *keys[we], tx_seq)
+        rx_state = _crypto_state(version, suite, *keys[peer], rx_seq)
+    else:
+        secrets = state.secrets
+        if we not in secrets or peer not in secrets:
+            raise OSError(errno.ENOKEY, "TLS 1.3 traffic secrets were not captured")
+        k._secrets = {"tx": bytearray(secrets[we]), "rx": bytearray(secrets[peer])}
+        for _ in range(obs.epoch[1]):
+            k._advance_secret("tx")
+        for _ in range(obs.epoch[0]):
+            k._advance_secret("rx")
+        state.wipe()
+        tx_state = k._state_13("tx", tx_seq)
+        rx_state = k._state_13("rx", rx_seq)
+    try:
+        uapi.set_ulp(sock)
+        if want_tx:
+            uapi.install(sock, uapi.TLS_TX, tx_state)
+            k.ktls_tx = True
+        if want_rx:
+            uapi.install(sock, uapi.TLS_RX, rx_state)
+            k.ktls_rx = True
+    finally:
+        tx_state.wipe()
+        rx_state.wipe()
+        if version == "1.3":
+            k._can_rekey = caps.rekey
+            if not caps.rekey or not (k.ktls_tx or k.ktls_rx):
+                k._wipe()

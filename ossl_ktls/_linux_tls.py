@@ -1,0 +1,324 @@
+"""The Linux kernel TLS uAPI (``include/uapi/linux/tls.h``) and the probe.
+
+This is the only module that touches kTLS socket options. Structures are
+``ctypes.Structure``\\ s named as in the header, passed to ``setsockopt`` by buffer
+(no copy), and wiped with ``memset`` right after, so the key bytes live in exactly
+one mutable buffer for the duration of one system call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import functools
+import platform
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+# setsockopt levels and names
+SOL_TLS = 282
+TCP_ULP = 31
+TLS_TX = 1
+TLS_RX = 2
+TLS_TX_ZEROCOPY_RO = 3
+TLS_RX_EXPECT_NO_PAD = 4
+TLS_TX_MAX_PAYLOAD_LEN = 5
+# cmsg types
+TLS_SET_RECORD_TYPE = 1
+TLS_GET_RECORD_TYPE = 2
+
+TLS_1_2_VERSION = 0x0303
+TLS_1_3_VERSION = 0x0304
+
+TLS_CIPHER_AES_GCM_128 = 51
+TLS_CIPHER_AES_GCM_256 = 52
+TLS_CIPHER_AES_CCM_128 = 53
+TLS_CIPHER_CHACHA20_POLY1305 = 54
+
+REC_SEQ_SIZE = 8
+
+# (cipher name) -> (kernel cipher id, iv, key, salt) sizes, as in tls.h
+CIPHER_LAYOUT: dict[str, tuple[int, int, int, int]] = {
+    "aes-128-gcm": (TLS_CIPHER_AES_GCM_128, 8, 16, 4),
+    "aes-256-gcm": (TLS_CIPHER_AES_GCM_256, 8, 32, 4),
+    "aes-128-ccm": (TLS_CIPHER_AES_CCM_128, 8, 16, 4),
+    "chacha20-poly1305": (TLS_CIPHER_CHACHA20_POLY1305, 12, 32, 0),
+}
+CIPHER_NAMES = ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305", "aes-128-ccm")
+VERSIONS = {"1.2": TLS_1_2_VERSION, "1.3": TLS_1_3_VERSION}
+
+
+class tls_crypto_info(ctypes.Structure):  # named as in linux/tls.h
+    _fields_ = [("version", ctypes.c_uint16), ("cipher_type", ctypes.c_uint16)]
+
+
+_STRUCTS: dict[str, type[ctypes.Structure]] = {}
+
+
+def _struct_for(cipher: str) -> type[ctypes.Structure]:
+    """The ``tls12_crypto_info_*`` structure for a cipher (the same layout serves 1.2 and 1.3)."""
+    cls = _STRUCTS.get(cipher)
+    if cls is None:
+        _, iv, key, salt = CIPHER_LAYOUT[cipher]
+        fields: list[tuple[str, type[ctypes._CData]]] = [
+            ("info", tls_crypto_info),
+            ("iv", ctypes.c_uint8 * iv),
+            ("key", ctypes.c_uint8 * key),
+        ]
+        if salt:
+            fields.append(("salt", ctypes.c_uint8 * salt))
+        fields.append(("rec_seq", ctypes.c_uint8 * REC_SEQ_SIZE))
+        name = "tls12_crypto_info_" + cipher.replace("-", "_")
+        cls = type(name, (ctypes.Structure,), {"_fields_": fields, "_pack_": 1})
+        _STRUCTS[cipher] = cls
+    return cls
+
+
+def crypto_info_size(cipher: str) -> int:
+    """``sizeof`` the kernel structure for *cipher* (40 or 56 bytes)."""
+    return ctypes.sizeof(_struct_for(cipher))
+
+
+@dataclass
+class CryptoState:
+    """What one direction of a kTLS socket is keyed with.
+
+    ``iv`` is what goes in the structure's ``iv`` field: the 8-byte explicit nonce part
+    (GCM/CCM) or the whole 12-byte IV (ChaCha20); ``salt`` the 4-byte implicit part
+    (empty for ChaCha20). Buffers are bytearrays so :meth:`wipe` can clear them.
+    """
+
+    version: str
+    cipher: str
+    key: bytearray
+    iv: bytearray
+    salt: bytearray
+    rec_seq: int
+
+    def wipe(self) -> None:
+        """Overwrite the key material with zeros."""
+        for buf in (self.key, self.iv, self.salt):
+            buf[:] = bytes(len(buf))
+
+    def __repr__(self) -> str:  # never show key material
+        return (
+            f"CryptoState(version={self.version!r}, cipher={self.cipher!r}, rec_seq={self.rec_seq})"
+        )
+
+
+def _fill(state: CryptoState) -> ctypes.Structure:
+    cipher_id, iv_len, key_len, salt_len = CIPHER_LAYOUT[state.cipher]
+    if (len(state.iv), len(state.key), len(state.salt)) != (iv_len, key_len, salt_len):
+        raise ValueError(f"wrong key material sizes for {state.cipher}")
+    if not 0 <= state.rec_seq < 2**64:
+        raise ValueError("record sequence number out of range")
+    info = _struct_for(state.cipher)()
+    info.info.version = VERSIONS[state.version]
+    info.info.cipher_type = cipher_id
+    ctypes.memmove(info.iv, bytes(state.iv), iv_len)
+    ctypes.memmove(info.key, (ctypes.c_char * key_len).from_buffer(state.key), key_len)
+    if salt_len:
+        ctypes.memmove(info.salt, bytes(state.salt), salt_len)
+    ctypes.memmove(info.rec_seq, state.rec_seq.to_bytes(8, "big"), 8)
+    return info
+
+
+def _wipe_struct(info: ctypes.Structure) -> None:
+    ctypes.memset(ctypes.addressof(info), 0, ctypes.sizeof(info))
+
+
+def set_ulp(sock: socket.socket) -> None:
+    """Attach the ``tls`` upper layer protocol (ENOENT: no tls module; ENOTCONN: not connected)."""
+    sock.setsockopt(socket.IPPROTO_TCP, TCP_ULP, b"tls")
+
+
+def install(sock: socket.socket, direction: int, state: CryptoState) -> None:
+    """``setsockopt(SOL_TLS, TLS_TX|TLS_RX)`` with *state*; the structure is wiped after.
+
+    Raises ``OSError`` with the kernel's errno (EBUSY: rekey unsupported, EINVAL: bad
+    parameters, ENOPROTOOPT: no ULP attached).
+    """
+    info = _fill(state)
+    try:
+        sock.setsockopt(SOL_TLS, direction, memoryview(info).cast("B"))
+    finally:
+        _wipe_struct(info)
+
+
+def read_rec_seq(sock: socket.socket, direction: int, cipher: str) -> int:
+    """The record sequence number the kernel will use next in *direction*.
+
+    ``getsockopt`` returns the whole structure, key included; only ``rec_seq`` is kept
+    and the copy is dropped at once. Meant for tests and diagnostics.
+    """
+    raw = bytearray(sock.getsockopt(SOL_TLS, direction, crypto_info_size(cipher)))
+    try:
+        return int.from_bytes(raw[-REC_SEQ_SIZE:], "big")
+    finally:
+        raw[:] = bytes(len(raw))
+
+
+def set_u32(sock: socket.socket, option: int, value: int) -> None:
+    """Set a 32-bit SOL_TLS option (TLS_TX_ZEROCOPY_RO, TLS_RX_EXPECT_NO_PAD)."""
+    sock.setsockopt(SOL_TLS, option, value.to_bytes(4, "little"))
+
+
+_CMSG_SPACE = socket.CMSG_SPACE(1)
+
+
+def send_record(sock: socket.socket, content_type: int, payload: bytes) -> int:
+    """Send one non-data record (alert 21, handshake 22) through kernel TX.
+
+    Any open MSG_MORE data record is pushed out by the kernel first.
+    """
+    return sock.sendmsg([payload], [(SOL_TLS, TLS_SET_RECORD_TYPE, bytes([content_type]))])
+
+
+def recv_record_into(
+    sock: socket.socket, buf: memoryview, flags: int = 0
+) -> tuple[int, int | None]:
+    """One ``recvmsg`` through kernel RX: ``(nbytes, record type or None)``.
+
+    The type is None when the kernel sent no ``TLS_GET_RECORD_TYPE`` cmsg, which with
+    ``nbytes == 0`` means the TCP stream ended.
+    """
+    nbytes, ancdata, _msg_flags, _addr = sock.recvmsg_into([buf], _CMSG_SPACE, flags)
+    for level, kind, data in ancdata:
+        if level == SOL_TLS and kind == TLS_GET_RECORD_TYPE and data:
+            return nbytes, data[0]
+    return nbytes, None
+
+
+# ---------------------------------------------------------------- probe
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the running kernel accepted when tried on a loopback socket.
+
+    ``tx``/``rx`` map a TLS version ("1.2", "1.3") to the cipher names the kernel took.
+    ``rekey`` is TLS 1.3 rekeying of a live socket (Linux 6.14+). ``ulp_error`` says why
+    the ``tls`` ULP could not be attached, when it could not.
+    """
+
+    kernel: str
+    ulp: bool
+    tx: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    rx: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    rekey: bool = False
+    zerocopy_sendfile: bool = False
+    rx_expect_no_pad: bool = False
+    ulp_error: str | None = None
+
+    def supports(self, direction: str, version: str, cipher: str) -> bool:
+        """Whether *direction* ("tx" or "rx") accepted *cipher* under TLS *version*."""
+        table = self.tx if direction == "tx" else self.rx
+        return cipher in table.get(version, ())
+
+    def as_json(self) -> dict[str, object]:
+        """The shape ``ossl-ktls probe --json`` prints."""
+        return {
+            "kernel": self.kernel,
+            "ulp": self.ulp,
+            "tx": {v: list(c) for v, c in self.tx.items()},
+            "rx": {v: list(c) for v, c in self.rx.items()},
+            "rekey": self.rekey,
+            "zerocopy_sendfile": self.zerocopy_sendfile,
+            "rx_expect_no_pad": self.rx_expect_no_pad,
+        }
+
+
+class _Loopback:
+    """A loopback listener handing out established client sockets, for probing."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+
+    @contextlib.contextmanager
+    def pair(self) -> Iterator[socket.socket]:
+        client = socket.create_connection(self.listener.getsockname(), timeout=5)
+        server, _ = self.listener.accept()
+        try:
+            yield client
+        finally:
+            client.close()
+            server.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _dummy_state(version: str, cipher: str) -> CryptoState:
+    _, iv, key, salt = CIPHER_LAYOUT[cipher]
+    return CryptoState(version, cipher, bytearray(key), bytearray(iv), bytearray(salt), 0)
+
+
+def _errname(err: int | None) -> str:
+    return errno.errorcode.get(err or 0, str(err))
+
+
+@functools.cache
+def probe() -> Capabilities:
+    """Find out what the running kernel's TLS layer accepts, by really trying.
+
+    Each (direction, version, cipher) is tried on a fresh established loopback TCP
+    socket with dummy keys; nothing is sent. The answer is cached for the process.
+    """
+    kernel = platform.release()
+    tx: dict[str, list[str]] = {v: [] for v in VERSIONS}
+    rx: dict[str, list[str]] = {v: [] for v in VERSIONS}
+    rekey = zerocopy = no_pad = False
+    with contextlib.closing(_Loopback()) as loop:
+        with loop.pair() as sock:
+            try:
+                set_ulp(sock)
+            except OSError as exc:
+                reason = f"the kernel has no 'tls' ULP ({_errname(exc.errno)}: {exc.strerror})"
+                if exc.errno == errno.ENOENT:
+                    reason = (
+                        "the kernel has no 'tls' ULP (ENOENT: built without CONFIG_TLS "
+                        "or the tls module cannot be loaded)"
+                    )
+                return Capabilities(
+                    kernel=kernel,
+                    ulp=False,
+                    tx={v: () for v in VERSIONS},
+                    rx={v: () for v in VERSIONS},
+                    ulp_error=reason,
+                )
+        for direction, table in ((TLS_TX, tx), (TLS_RX, rx)):
+            for version in VERSIONS:
+                for cipher in CIPHER_NAMES:
+                    with loop.pair() as sock:
+                        set_ulp(sock)
+                        try:
+                            install(sock, direction, _dummy_state(version, cipher))
+                        except OSError:
+                            continue
+                        table[version].append(cipher)
+                        if version == "1.3" and cipher == "aes-128-gcm":
+                            if direction == TLS_TX:
+                                with contextlib.suppress(OSError):
+                                    install(sock, TLS_TX, _dummy_state(version, cipher))
+                                    rekey = True
+                            else:
+                                with contextlib.suppress(OSError):
+                                    set_u32(sock, TLS_RX_EXPECT_NO_PAD, 1)
+                                    no_pad = True
+                        if direction == TLS_TX and version == "1.2" and cipher == "aes-128-gcm":
+                            with contextlib.suppress(OSError):
+                                set_u32(sock, TLS_TX_ZEROCOPY_RO, 1)
+                                zerocopy = True
+    return Capabilities(
+        kernel=kernel,
+        ulp=True,
+        tx={v: tuple(c) for v, c in tx.items()},
+        rx={v: tuple(c) for v, c in rx.items()},
+        rekey=rekey,
+        zerocopy_sendfile=zerocopy,
+        rx_expect_no_pad=no_pad,
+    )

@@ -1,0 +1,200 @@
+"""What ossl_ktls needs from OpenSSL, reached through pyOpenSSL's cffi binding.
+
+``prepare(ctx)`` installs two Context-level callbacks before any Connection exists:
+
+* a keylog callback that keeps the TLS 1.3 application traffic secrets of each
+  Connection (in mutable buffers, wiped once installed) and then hands every line to
+  the user's own keylog callback, whether it was set before or after ``prepare()``;
+* a message callback that feeds every record header and handshake message into a
+  :class:`~ossl_ktls._observer.RecordObserver`, which yields exact sequence numbers.
+
+It also sets ``SSL_OP_NO_RENEGOTIATION``: kernel TLS cannot follow a TLS 1.2
+renegotiation, so the Context refuses it from the start.
+
+The per-Connection state lives on the pyOpenSSL Connection object itself (found from
+the ``SSL *`` through pyOpenSSL's own reverse mapping), so it dies with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from OpenSSL import SSL
+from OpenSSL._util import ffi, lib
+
+from ._errors import UsageError
+from ._observer import RecordObserver
+
+_STATE_ATTR = "_ossl_ktls_state"
+_PREPARED_ATTR = "_ossl_ktls_prepared"
+
+_SECRET_LABELS = {b"CLIENT_TRAFFIC_SECRET_0": "client", b"SERVER_TRAFFIC_SECRET_0": "server"}
+
+KeylogCallback = Callable[[SSL.Connection, bytes], None]
+
+
+@dataclass
+class ConnState:
+    """What the callbacks learned about one Connection."""
+
+    observer: RecordObserver = field(default_factory=RecordObserver)
+    secrets: dict[str, bytearray] = field(default_factory=dict)
+
+    def wipe(self) -> None:
+        """Zero and forget the captured secrets."""
+        for buf in self.secrets.values():
+            buf[:] = bytes(len(buf))
+        self.secrets.clear()
+
+    def __repr__(self) -> str:
+        return f"ConnState(observer={self.observer!r}, secrets=<{len(self.secrets)} hidden>)"
+
+
+def _connection_for(ssl: Any) -> SSL.Connection | None:
+    mapping = SSL.Connection._reverse_mapping  # type: ignore[attr-defined]
+    conn: SSL.Connection | None = mapping.get(ssl)
+    return conn
+
+
+def state_of(conn: SSL.Connection) -> ConnState:
+    """The state the callbacks keep for *conn* (created on first use)."""
+    st: ConnState | None = getattr(conn, _STATE_ATTR, None)
+    if st is None:
+        st = ConnState()
+        setattr(conn, _STATE_ATTR, st)
+    return st
+
+
+def _on_message(
+    write_p: int, version: int, content_type: int, buf: Any, length: int, ssl: Any, _arg: Any
+) -> None:
+    conn = _connection_for(ssl)
+    if conn is None:
+        return
+    # Only the first bytes of a message matter (type, and a KeyUpdate's flag).
+    data = bytes(ffi.buffer(buf, min(length, 8))) if length else b""
+    state_of(conn).observer.event(bool(write_p), version, content_type, data)
+
+
+_msg_callback: Any = ffi.callback(
+    "void (*)(int, int, int, const void *, size_t, SSL *, void *)", _on_message
+)
+
+
+class _Keylog:
+    """The keylog callback of one prepared Context, chaining to the user's."""
+
+    def __init__(self, ctx: SSL.Context) -> None:
+        previous = lib.SSL_CTX_get_keylog_callback(ctx._context)
+        self.previous_c: Any = previous if previous != ffi.NULL else None
+        self.previous_ref: Any = getattr(ctx, "_keylog_callback", None)  # keep it alive
+        self.user: KeylogCallback | None = None
+        self.c_callback = ffi.callback("void (*)(const SSL *, const char *)", self._called)
+
+    def _called(self, ssl: Any, line_p: Any) -> None:
+        line = ffi.string(line_p)
+        conn = _connection_for(ssl)
+        label, _, rest = line.partition(b" ")
+        side = _SECRET_LABELS.get(label)
+        if side is not None and conn is not None:
+            secret_hex = rest.rpartition(b" ")[2]
+            with contextlib.suppress(ValueError):
+                state_of(conn).secrets[side] = bytearray(bytes.fromhex(secret_hex.decode()))
+        if self.user is not None:
+            if conn is not None:
+                self.user(conn, line)
+        elif self.previous_c is not None:
+            self.previous_c(ssl, line_p)
+
+
+def prepare(ctx: SSL.Context) -> SSL.Context:
+    """Make *ctx* ready for :func:`ossl_ktls.wrap`; returns *ctx*. Idempotent.
+
+    Must be called before the first Connection is made from *ctx* (OpenSSL copies a
+    Context's callbacks into each Connection when it is created).
+
+    Installs key capture (a keylog callback chained with any the user set, before or
+    after this call: theirs keeps receiving every line), record observation for exact
+    sequence numbers, and refuses renegotiation (``SSL_OP_NO_RENEGOTIATION``): kernel
+    TLS cannot follow a TLS 1.2 renegotiation, so a peer asking for one gets a
+    no_renegotiation warning alert and the connection goes on.
+
+    Raises:
+        UsageError: *ctx* is not a pyOpenSSL Context, or Connections were already made
+            from it.
+    """
+    if not isinstance(ctx, SSL.Context):
+        raise UsageError(f"prepare() takes an OpenSSL.SSL.Context, not {type(ctx).__name__}")
+    if getattr(ctx, _PREPARED_ATTR, False):
+        return ctx
+    if getattr(ctx, "_used", False):
+        raise UsageError(
+            "prepare() must be called before the first Connection is made from this Context"
+        )
+    keylog = _Keylog(ctx)
+    raw_ctx = ctx._context
+    lib.SSL_CTX_set_keylog_callback(raw_ctx, keylog.c_callback)
+    lib.SSL_CTX_set_msg_callback(raw_ctx, _msg_callback)
+    lib.SSL_CTX_set_options(raw_ctx, lib.SSL_OP_NO_RENEGOTIATION)
+
+    def set_keylog_callback(callback: KeylogCallback) -> None:
+        """pyOpenSSL's ``set_keylog_callback``, kept working after ``prepare()``."""
+        if getattr(ctx, "_used", False):
+            raise ValueError(
+                "Context has already been used to create a Connection, it cannot be mutated again"
+            )
+        keylog.user = callback
+
+    # Connections must keep the callbacks alive: hang them on the Context.
+    ctx._ossl_ktls_keylog = keylog  # type: ignore[attr-defined]
+    ctx.set_keylog_callback = set_keylog_callback  # type: ignore[method-assign,assignment]
+    setattr(ctx, _PREPARED_ATTR, True)
+    return ctx
+
+
+def is_prepared(ctx: SSL.Context) -> bool:
+    """Whether ``prepare()`` ran on *ctx*."""
+    return bool(getattr(ctx, _PREPARED_ATTR, False))
+
+
+def raw_ssl(conn: SSL.Connection) -> Any:
+    """The ``SSL *`` of a pyOpenSSL Connection."""
+    return conn._ssl
+
+
+def detach_from_socket(conn: SSL.Connection) -> None:
+    """Give OpenSSL memory BIOs instead of the socket.
+
+    From then on OpenSSL can never write to (or read from) the socket on its own:
+    ciphertext is fed in with ``conn.bio_write`` and anything it tries to send lands
+    in ``conn.bio_read``, where the caller detects it. The old socket BIO was created
+    with BIO_NOCLOSE, so freeing it leaves the file descriptor open.
+    """
+    rbio = lib.BIO_new(lib.BIO_s_mem())
+    wbio = lib.BIO_new(lib.BIO_s_mem())
+    if rbio == ffi.NULL or wbio == ffi.NULL:
+        raise MemoryError("BIO_new failed")
+    lib.SSL_set_bio(raw_ssl(conn), rbio, wbio)
+    conn._into_ssl = rbio  # type: ignore[attr-defined]
+    conn._from_ssl = wbio  # type: ignore[attr-defined]
+
+
+def pending_output(conn: SSL.Connection) -> bytes:
+    """Bytes OpenSSL wrote into its (memory) write BIO since the last call."""
+    out = b""
+    while True:
+        try:
+            chunk = conn.bio_read(65536)
+        except SSL.WantReadError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def total_renegotiations(conn: SSL.Connection) -> int:
+    """How many renegotiations OpenSSL performed on *conn*."""
+    return int(lib.SSL_total_renegotiations(raw_ssl(conn)))
