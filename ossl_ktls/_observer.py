@@ -6,8 +6,9 @@ OpenSSL 3.x/4.x: for a record, the header callback comes *before* the callbacks 
 messages it carries, in both directions. So the rules are:
 
 * every record header counts one record in its direction;
-* TLS 1.2: a ChangeCipherSpec message restarts the count at 0 (the CCS record itself
-  was sent under the old keys; Finished is then record 0, the first data record 1);
+* a ChangeCipherSpec record restarts the count at 0 (TLS 1.2: the CCS record itself
+  was sent under the old keys; Finished is then record 0, the first data record 1).
+  OpenSSL reports no CCS *message* when reading, so the record header's type decides;
 * TLS 1.3: a Finished or KeyUpdate message restarts the count at 0 after its record
   (the next record uses the next key), and a KeyUpdate bumps that direction's epoch
   (the traffic secret must be advanced once per epoch).
@@ -62,7 +63,11 @@ class RecordObserver:
         d = WRITE if write else READ
         tls13 = version == 0x0304
         if content_type == HEADER:
-            self.next_seq[d] += 1
+            # A ChangeCipherSpec record is the last one under the old keys. OpenSSL reports
+            # no CCS message on the read side, so the record header is what tells.
+            self.next_seq[d] = (
+                0 if data[:1] == bytes([CHANGE_CIPHER_SPEC]) else self.next_seq[d] + 1
+            )
             if not write:
                 self.read_open = True
             return
@@ -72,9 +77,6 @@ class RecordObserver:
             self.read_open = False
         if content_type == INNER_CONTENT_TYPE:
             pass
-        elif content_type == CHANGE_CIPHER_SPEC:
-            if not tls13:
-                self.next_seq[d] = 0
         elif content_type == ALERT and len(data) >= 2:
             (self.alerts_written if write else self.alerts_read).append((data[0], data[1]))
         elif content_type == HANDSHAKE and data:
