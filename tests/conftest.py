@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -34,7 +34,7 @@ def declared() -> expectations.Expectation | None:
 @pytest.fixture
 def expect_kernel(
     declared: expectations.Expectation | None,
-) -> Iterator[Callable[[str, str, str], bool]]:
+) -> Callable[[str, str, str], bool]:
     """``expect_kernel(direction, version, cipher)``: must that direction be in the kernel?
 
     Undeclared environments expect everything; declared ones expect what they declare.
@@ -45,7 +45,7 @@ def expect_kernel(
             return True
         return declared.has(direction, version, cipher)
 
-    yield check
+    return check
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def _full(name: str, *, rekey: bool) -> Expectation:
     return Expectation(name=name, ulp=True, tx=both, rx=both, rekey=rekey)
 
 
-_NONE = {"1.2": (), "1.3": ()}
+_NONE: dict[str, tuple[str, ...]] = {"1.2": (), "1.3": ()}
 
 DECLARED: dict[str, Expectation] = {
     # The development and CI host: a 6.18 kernel built without CONFIG_TLS.
