@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-ALL_CIPHERS = ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305", "aes-128-ccm")
+ALL_CIPHERS: tuple[str, ...] = ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305", "aes-128-ccm")
 
 
 @dataclass(frozen=True)
