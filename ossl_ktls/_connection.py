@@ -252,6 +252,7 @@ class KTLSConnection:
         self._tx_records = 0
         self.key_update_after: int | None = None
         self._alerts_replayed = 0
+        self._user_end: str | Error | None = None
 
     # ------------------------------------------------------------------ info
 
@@ -780,34 +781,17 @@ class KTLSConnection:
                 self._tx_key_update(False)
 
     def _user_recv_into(self, view: memoryview) -> int:
+        # Everything OpenSSL can decrypt from what it was fed goes to _rx_plain at once,
+        # so pending() is exact and select() on fileno() never misses buffered data.
         while True:
-            try:
-                data = self._conn.recv(len(view))
-            except SSL.WantReadError:
-                pass
-            except SSL.ZeroReturnError:
-                self._after_user_read()
-                self._close_notify_received = True
-                self._eof = True
-                if self.version == "1.2" and not self._close_notify_sent:
-                    try:
-                        with self._tx_lock:
-                            self._send_alert_raw(_ALERT_WARNING, _CLOSE_NOTIFY)
-                        self._close_notify_sent = True
-                    except (OSError, Error):
-                        pass
-                return 0
-            except SSL.Error as exc:
-                err = _from_openssl(exc, "receive")
-                if isinstance(err, TruncatedStream) and self._ragged_eof:
-                    self._eof = True
-                    return 0
-                raise self._fatal(err, alert=False) from exc
-            else:
-                self._after_user_read()
-                view[: len(data)] = data
-                return len(data)
-            self._after_user_read()
+            self._user_pump()
+            if self._rx_plain:
+                n = min(len(view), len(self._rx_plain))
+                view[:n] = self._rx_plain[:n]
+                del self._rx_plain[:n]
+                return n
+            if self._user_end is not None:
+                return self._user_finish()
             try:
                 chunk = self._sock.recv(_READ_CHUNK)
             except OSError as exc:
@@ -816,6 +800,42 @@ class KTLSConnection:
                 self._conn.bio_shutdown()
             else:
                 self._conn.bio_write(chunk)
+
+    def _user_pump(self) -> None:
+        """Decrypt all complete records OpenSSL holds into ``_rx_plain``."""
+        while self._user_end is None:
+            try:
+                data = self._conn.recv(_READ_CHUNK)
+            except SSL.WantReadError:
+                self._after_user_read()
+                return
+            except SSL.ZeroReturnError:
+                self._user_end = "close_notify"
+            except SSL.Error as exc:
+                self._user_end = _from_openssl(exc, "receive")
+            else:
+                self._rx_plain += data
+            self._after_user_read()
+
+    def _user_finish(self) -> int:
+        """The user-space stream ended (buffered data was delivered first)."""
+        end = self._user_end
+        if end == "close_notify":
+            self._close_notify_received = True
+            self._eof = True
+            if self.version == "1.2" and not self._close_notify_sent:
+                try:
+                    with self._tx_lock:
+                        self._send_alert_raw(_ALERT_WARNING, _CLOSE_NOTIFY)
+                    self._close_notify_sent = True
+                except (OSError, Error):
+                    pass
+            return 0
+        assert isinstance(end, Error)
+        if isinstance(end, TruncatedStream) and self._ragged_eof:
+            self._eof = True
+            return 0
+        raise self._fatal(end, alert=False)
 
     def _after_user_read(self) -> None:
         """Deal with what OpenSSL did while reading in user space."""
