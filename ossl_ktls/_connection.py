@@ -507,9 +507,14 @@ class KTLSConnection:
         sent = 0
         while sent < count:
             chunk = os.pread(fd, min(_READ_CHUNK, count - sent), offset + sent)
-            if not chunk:
-                raise Error(f"sendfile(): the file ended after {sent} of {count} bytes")
-            self.sendall(chunk)
+            try:
+                if not chunk:
+                    raise Error(f"sendfile(): the file ended after {sent} of {count} bytes")
+                self.sendall(chunk)
+            except (OSError, Error) as exc:
+                # Only whole chunks that sendall() finished count as sent.
+                exc.bytes_sent = sent  # type: ignore[union-attr]
+                raise
             sent += len(chunk)
         return sent
 
