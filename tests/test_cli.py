@@ -1,0 +1,562 @@
+"""The command line, driven as a subprocess against real peers.
+
+Each command runs as ``python -m ossl_ktls ...`` against ``openssl s_server`` /
+``s_client``, curl, or (for the failure cases) a stdlib ``ssl`` peer in this process;
+bytes are compared by size and SHA-256. Whether kernel TLS must carry a direction follows
+the environment's declaration (``tests/expectations.py``, through the ``expect_kernel`` and
+``can_rekey`` fixtures): declared kTLS means the ``--json`` summary must say on, declared
+none means it must say off and give a reason.
+
+Ports: free ones from the kernel. A peer's listening port is awaited in /proc/net/tcp,
+never by connecting (``s_server -naccept 1`` would count the probe). Every subprocess has
+a timeout and is killed in a ``finally``; sizes stay at a few MiB because in-VM runs are
+10-30x slower under TCG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from tests import expectations
+from tests._pairs import Certs
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT = 180.0  # per subprocess: generous for TCG, but nothing may hang forever
+PAYLOAD = 2 << 20
+CURL = ("curl", "--silent", "--show-error", "--noproxy", "*", "--max-time", str(TIMEOUT))
+ExpectKernel = Callable[[str, str, str], bool]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def cli(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m ossl_ktls ARGS`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "ossl_ktls", *args],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _listening(port: int) -> bool:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    return True
+    return False
+
+
+def wait_listening(port: int, proc: subprocess.Popen[Any], timeout: float = 60.0) -> None:
+    """Wait until *port* is in LISTEN state without connecting to it."""
+    deadline = time.monotonic() + timeout
+    while not _listening(port):
+        if proc.poll() is not None:
+            pytest.fail(f"peer exited with {proc.returncode} before listening on {port}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"nothing listened on port {port} within {timeout} s")
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """Kill *proc* if it still runs, and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def one_error_line(stderr: str) -> str:
+    """Errors are exactly one line on stderr (warnings may precede it)."""
+    lines = [line for line in stderr.splitlines() if "warning:" not in line]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("ossl-ktls: error: "), stderr
+    return lines[0]
+
+
+def check_ktls_state(summary: dict[str, Any], direction: str, expected: bool) -> None:
+    """The summary says *direction* is in the kernel exactly when expected, else why not."""
+    assert summary[f"ktls_{direction}"] is expected, summary
+    if not expected:
+        assert summary["fallback_reason"], summary
+
+
+@contextlib.contextmanager
+def s_server(
+    certs: Certs, out: Path, *extra: str, msgfile: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``openssl s_server -quiet -naccept 1`` on a free port, stdin a pipe, stdout to *out*."""
+    port = free_port()
+    cmd = ["openssl", "s_server", "-quiet", "-naccept", "1", "-accept", f"127.0.0.1:{port}"]
+    cmd += ["-cert", str(certs.ecdsa), "-key", str(certs.ecdsa), *extra]
+    if msgfile is not None:
+        cmd += ["-msg", "-msgfile", str(msgfile)]
+    with open(out, "wb") as sink:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.PIPE)
+    try:
+        wait_listening(port, proc)
+        yield proc, port
+    finally:
+        stop(proc)
+
+
+class PyPeer:
+    """A stdlib ``ssl`` server thread for the failure cases; ``mode`` says what it does.
+
+    ``truncate``: send ``payload`` and close TCP without close_notify. ``sink``: read until
+    the client's close_notify. Handshake failures (the client rejecting us) are expected.
+    """
+
+    def __init__(self, certs: Certs, mode: str, payload: bytes = b"") -> None:
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(certs.ecdsa))
+        self.mode, self.payload = mode, payload
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(TIMEOUT)
+        self.port: int = self.listener.getsockname()[1]
+        self.received = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                raw, _ = self.listener.accept()
+                raw.settimeout(TIMEOUT)
+                try:
+                    tls = self.ctx.wrap_socket(raw, server_side=True)
+                except (OSError, ssl.SSLError):
+                    raw.close()
+                    continue
+                with contextlib.suppress(OSError):
+                    if self.mode == "truncate":
+                        tls.sendall(self.payload)
+                    else:
+                        while data := tls.recv(65536):
+                            self.received += len(data)
+                tls.close()  # no unwrap(): no close_notify from us
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the thread
+        self.listener.close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def payload_file(tmp_path: Path) -> Path:
+    """PAYLOAD random bytes."""
+    path = tmp_path / "payload.bin"
+    path.write_bytes(os.urandom(PAYLOAD))
+    return path
+
+
+# ---------------------------------------------------------------- probe and stats
+
+
+def test_probe_json_and_table(declared: expectations.Expectation | None) -> None:
+    """``probe --json`` prints exactly the documented shape for the running kernel, equal to
+    the declaration where there is one; the human form is a table; both exit 0, also on a
+    kernel without kTLS."""
+    done = cli("probe", "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert set(data) == {
+        "kernel",
+        "ulp",
+        "tx",
+        "rx",
+        "rekey",
+        "zerocopy_sendfile",
+        "rx_expect_no_pad",
+    }
+    assert data["kernel"] == os.uname().release
+    for direction in ("tx", "rx"):
+        assert set(data[direction]) == {"1.2", "1.3"}
+        for ciphers in data[direction].values():
+            assert set(ciphers) <= set(expectations.ALL_CIPHERS)
+    if declared is not None:
+        assert data["ulp"] == declared.ulp
+        assert data["rekey"] == declared.rekey
+        for version in ("1.2", "1.3"):
+            assert sorted(data["tx"][version]) == sorted(declared.tx[version])
+            assert sorted(data["rx"][version]) == sorted(declared.rx[version])
+    table = cli("probe")
+    assert table.returncode == 0, table.stderr
+    assert "TX 1.3" in table.stdout and "chacha20-poly1305" in table.stdout
+
+
+def test_stats(declared: expectations.Expectation | None) -> None:
+    """``stats`` shows /proc/net/tls_stat (loading the tls module if needed) and
+    ``--watch --count`` samples rates; a kernel declared without kTLS gets a one-line
+    error and exit 1 instead."""
+    done = cli("stats", "--json")
+    if declared is not None and not declared.ulp:
+        assert done.returncode == 1
+        assert "tls_stat" in one_error_line(done.stderr)
+        return
+    assert done.returncode == 0, done.stderr
+    counters = json.loads(done.stdout)["counters"]
+    assert "TlsCurrTxSw" in counters and "TlsTxSw" in counters
+    watch = cli("stats", "--watch", "0.2", "--count", "2")
+    assert watch.returncode == 0, watch.stderr
+    lines = watch.stdout.splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("watched /proc/net/tls_stat"), watch.stdout
+
+
+# ---------------------------------------------------------------- send
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_send_to_s_server(
+    version: str, certs: Certs, payload_file: Path, tmp_path: Path, expect_kernel: ExpectKernel
+) -> None:
+    """``send`` delivers the file to ``openssl s_server`` byte for byte (SHA-256), ends with
+    close_notify, exits 0, and its JSON summary has the size, the version and cipher, and
+    kTLS TX on exactly where the environment declares it."""
+    received = tmp_path / "received.bin"
+    with s_server(certs, received) as (server, port):
+        done = cli(
+            *("send", f"127.0.0.1:{port}", str(payload_file), "--json"),
+            *("--tls", version, "--cipher", "aes-128-gcm", "--cafile", str(certs.ca)),
+            *("--servername", "localhost"),
+        )
+        assert done.returncode == 0, done.stderr
+        server.wait(timeout=TIMEOUT)  # -naccept 1: exits after our close_notify
+    summary = json.loads(done.stdout)
+    assert summary["bytes"] == PAYLOAD
+    assert (summary["tls_version"], summary["cipher"]) == (version, "aes-128-gcm")
+    check_ktls_state(summary, "tx", expect_kernel("tx", version, "aes-128-gcm"))
+    assert received.stat().st_size == PAYLOAD
+    assert sha256(received) == sha256(payload_file)
+
+
+def test_send_errors(certs: Certs, payload_file: Path, tmp_path: Path) -> None:
+    """Refused connection, missing file, an untrusted certificate (system store) and a
+    wrong server name each end with one error line on stderr and exit 1."""
+    refused = cli("send", f"127.0.0.1:{free_port()}", str(payload_file), "--insecure")
+    assert refused.returncode == 1
+    assert "refused" in one_error_line(refused.stderr).lower()
+
+    missing = cli("send", "127.0.0.1:9", str(tmp_path / "nope"), "--insecure")
+    assert missing.returncode == 1
+    assert "No such file" in one_error_line(missing.stderr)
+
+    peer = PyPeer(certs, "sink")
+    try:
+        untrusted = cli("send", f"localhost:{peer.port}", str(payload_file))
+        assert untrusted.returncode == 1
+        assert "certificate verification failed" in one_error_line(untrusted.stderr)
+        wrong = cli(
+            *("send", f"127.0.0.1:{peer.port}", str(payload_file)),
+            *("--cafile", str(certs.ca), "--servername", "wrong.example"),
+        )
+        assert wrong.returncode == 1
+        assert "hostname mismatch" in one_error_line(wrong.stderr)
+    finally:
+        peer.close()
+
+
+def test_require_ktls(
+    certs: Certs, payload_file: Path, declared: expectations.Expectation | None
+) -> None:
+    """``--require-ktls``: where the environment declares kernel TX for TLS 1.3 AES-128-GCM
+    the transfer goes through kTLS and succeeds; where it declares none, the command
+    refuses with one error line and exit 1 instead of falling back."""
+    peer = PyPeer(certs, "sink")
+    try:
+        done = cli(
+            *("send", f"127.0.0.1:{peer.port}", str(payload_file), "--json", "--require-ktls"),
+            *("--tls", "1.3", "--cipher", "aes-128-gcm", "--cafile", str(certs.ca)),
+        )
+    finally:
+        peer.close()
+    if declared is None or declared.has("tx", "1.3", "aes-128-gcm"):
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["ktls_tx"] is True
+    else:
+        assert done.returncode == 1
+        assert "kernel TLS required" in one_error_line(done.stderr)
+
+
+# ---------------------------------------------------------------- recv
+
+
+def _feed_after_handshake(proc: subprocess.Popen[bytes], msgfile: Path, data: bytes) -> None:
+    """Give s_server its data only once both Finished messages passed.
+
+    s_server reads stdin and the socket in one select loop; stdin data that is already
+    there when the ClientHello arrives makes it write during the handshake and then block
+    in a read, and the client sees the stream stop after one record.
+    """
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(FileNotFoundError):
+            if msgfile.read_text(errors="replace").count("Finished") >= 2:
+                break
+        time.sleep(0.05)
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.write(data)
+        proc.stdin.close()
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_recv_from_s_server(
+    version: str,
+    certs: Certs,
+    tmp_path: Path,
+    expect_kernel: ExpectKernel,
+) -> None:
+    """``recv -o FILE`` writes exactly what ``openssl s_server`` sent up to its close_notify
+    (SHA-256), exits 0, and its summary has kTLS RX on exactly where the environment
+    declares it (``--rx-without-rekey`` lets TLS 1.3 RX into kernels that cannot rekey)."""
+    import base64
+
+    # s_server in -quiet mode passes stdin through; text keeps its command parser out.
+    data = base64.encodebytes(os.urandom(PAYLOAD * 3 // 4))
+    output = tmp_path / "out.txt"
+    msgfile = tmp_path / "msg.txt"
+    with s_server(certs, tmp_path / "server-stdout", msgfile=msgfile) as (server, port):
+        feeder = threading.Thread(
+            target=_feed_after_handshake, args=(server, msgfile, data), daemon=True
+        )
+        feeder.start()
+        done = cli(
+            *("recv", f"127.0.0.1:{port}", "-o", str(output), "--json", "--rx-without-rekey"),
+            *("--tls", version, "--cipher", "aes-128-gcm", "--cafile", str(certs.ca)),
+        )
+        feeder.join(timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["bytes"] == len(data)
+    check_ktls_state(summary, "rx", expect_kernel("rx", version, "aes-128-gcm"))
+    assert hashlib.sha256(output.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_recv_truncated_is_an_error(certs: Certs, tmp_path: Path) -> None:
+    """A peer that closes TCP without close_notify makes ``recv`` exit 1 with one line
+    saying the stream was truncated, and ``-o FILE`` is not left behind half-written."""
+    output = tmp_path / "out.bin"
+    peer = PyPeer(certs, "truncate", payload=os.urandom(100_000))
+    try:
+        done = cli(
+            *("recv", f"127.0.0.1:{peer.port}", "-o", str(output), "--cafile", str(certs.ca)),
+            *("--rx-without-rekey",),
+        )
+    finally:
+        peer.close()
+    assert done.returncode == 1
+    assert "truncated" in one_error_line(done.stderr)
+    assert not output.exists()
+    assert not list(tmp_path.glob(".ossl-ktls-*"))
+
+
+# ---------------------------------------------------------------- serve
+
+
+class Serve:
+    """``serve --json --port 0`` running; its stdout events are collected by a thread."""
+
+    def __init__(self, root: Path, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ossl_ktls",
+                "serve",
+                str(root),
+                "--port",
+                "0",
+                "--json",
+                *list(extra),
+            ],
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
+        self._reader.start()
+        self.ready = self.next("ready")
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.events.put(json.loads(line))
+
+    def next(self, kind: str) -> dict[str, Any]:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                event = self.events.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                assert self.proc.stderr is not None
+                stop(self.proc)
+                pytest.fail(f"no {kind} event from serve; stderr: {self.proc.stderr.read()}")
+            if event["event"] == kind:
+                return event
+
+    def curl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CURL, "--cacert", self.ready["cert"], *args],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT + 10,
+            check=False,
+        )
+
+    def url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.ready['port']}{path}"
+
+
+@pytest.fixture
+def www(tmp_path: Path) -> Path:
+    """A served folder: a 3 MiB file, a small one, and a symlink pointing out of it."""
+    root = tmp_path / "www"
+    (root / "sub").mkdir(parents=True)
+    (root / "big.bin").write_bytes(os.urandom(3 << 20))
+    (root / "sub" / "a.txt").write_text("hello\n")
+    (root / "sub" / "out").symlink_to("/etc/hostname")
+    return root
+
+
+def test_serve_curl_tls13_and_tls12(
+    www: Path, tmp_path: Path, expect_kernel: ExpectKernel, can_rekey: bool
+) -> None:
+    """curl fetches a file from ``serve`` (throwaway certificate, trusted with --cacert)
+    over TLS 1.3 and TLS 1.2, several at once, byte for byte; each request's log event has
+    kTLS TX on where declared (RX too, except TLS 1.3 on kernels that cannot rekey); SIGTERM
+    stops the server with exit 0 and a summary."""
+    server = Serve(www)
+    try:
+        assert server.ready["throwaway_cert"] is True
+        want = sha256(www / "big.bin")
+        for flags in (["--tlsv1.3"], ["--tlsv1.2", "--tls-max", "1.2"]):
+            out = tmp_path / "got.bin"
+            done = server.curl(*flags, "-o", str(out), server.url("/big.bin"))
+            assert done.returncode == 0, done.stderr
+            assert sha256(out) == want
+            event = server.next("request")
+            assert (event["status"], event["bytes"]) == (200, 3 << 20)
+            version, cipher = event["tls_version"], event["cipher"]
+            assert version == ("1.3" if "--tlsv1.3" in flags else "1.2")
+            check_ktls_state(event, "tx", expect_kernel("tx", version, cipher))
+            rx = expect_kernel("rx", version, cipher) and (version == "1.2" or can_rekey)
+            check_ktls_state(event, "rx", rx)
+        big = server.url("/big.bin")
+        clients = [
+            subprocess.Popen(
+                [*CURL, "--cacert", server.ready["cert"], "-o", str(tmp_path / f"c{i}"), big]
+            )
+            for i in range(4)
+        ]
+        try:
+            for c in clients:
+                assert c.wait(timeout=TIMEOUT + 10) == 0
+        finally:
+            for c in clients:
+                stop(c)
+        assert {sha256(tmp_path / f"c{i}") for i in range(4)} == {want}
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0
+        summary = server.next("summary")
+        assert summary["requests"] == 6 and summary["bytes"] == 6 * (3 << 20)
+    finally:
+        stop(server.proc)
+
+
+def test_serve_http_semantics(www: Path, tmp_path: Path, certs: Certs) -> None:
+    """``serve`` answers ranges (206 with the right bytes, 416), HEAD (Content-Length, no
+    body), 404 for missing files and anything outside ROOT (.., symlinks), 405 for other
+    methods, 301 for a folder without its slash, keeps the connection alive across requests,
+    and answers garbage from ``openssl s_client`` with 400; with ``--cert``/``--key`` it
+    serves that certificate."""
+    server = Serve(www, "--cert", str(certs.ecdsa), "--key", str(certs.ecdsa), "--quiet")
+    try:
+        assert server.ready["throwaway_cert"] is False
+        server.ready["cert"] = str(certs.ca)
+        part = tmp_path / "part"
+        done = server.curl(
+            "-r", "100-199", "-o", str(part), "-w", "%{http_code}", server.url("/big.bin")
+        )
+        assert done.stdout == "206"
+        assert part.read_bytes() == (www / "big.bin").read_bytes()[100:200]
+        codes = {
+            "416": ["-r", "99999999-", server.url("/big.bin")],
+            "404": ["--path-as-is", server.url("/../../etc/hostname")],
+            "405": ["-X", "POST", server.url("/big.bin")],
+            "301": [server.url("/sub")],
+        }
+        for code, args in codes.items():
+            done = server.curl("-o", os.devnull, "-w", "%{http_code}", *args)
+            assert done.stdout == code, (code, done.stderr)
+        head = server.curl("-I", server.url("/big.bin"))
+        assert f"Content-Length: {3 << 20}" in head.stdout
+        both = server.curl(
+            *("-o", os.devnull, "-o", os.devnull, "-o", os.devnull, "-w", "%{http_code} "),
+            *(server.url("/sub/a.txt"), server.url("/sub/out"), server.url("/nope")),
+        )
+        assert both.stdout.split() == ["200", "404", "404"]
+        clients = set()
+        for _ in range(9):
+            clients.add(server.next("request")["client"])
+        assert len(clients) == 7  # the last three requests shared one connection
+        garbage = subprocess.run(
+            ["openssl", "s_client", "-quiet", "-connect", f"127.0.0.1:{server.ready['port']}"],
+            input=b"NOT HTTP\r\n\r\n",
+            capture_output=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        assert garbage.stdout.startswith(b"HTTP/1.1 400 "), garbage.stdout
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(timeout=60) == 0
+    finally:
+        stop(server.proc)
