@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -175,9 +176,14 @@ def run(args: argparse.Namespace) -> int:
     for p in pumps:
         p.join(timeout=5)
     elapsed = time.monotonic() - started
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime
     boot = pumps[1].ready_at - started if pumps[1].ready_at is not None else None
     boot_text = f"booted in {boot:.1f} s, " if boot is not None else "never became ready, "
-    log(f"{kernel.release}: {boot_text}exit status {status} after {elapsed:.1f} s")
+    log(
+        f"{kernel.release}: {boot_text}exit status {status} after {elapsed:.1f} s "
+        f"(QEMU used {cpu:.0f} s of CPU)"
+    )
     if status == 255:
         log(
             "status 255 usually comes from vng itself, not from the command: the guest "

@@ -1,0 +1,41 @@
+# ossl_ktls: entry points. `make test` is what CI runs (.ci/run); `make demo` is the main job.
+#
+#   make setup        install the lab's packages (apt, as root on Debian) and .lab/venv
+#   make test         setup, then every tox environment and a summary (interop/matrix.py);
+#                     ARGS=... goes to pytest in the host and kernel environments
+#   make demo         setup, fetch the newest kernel, move a file over kernel TLS
+#   make lint | type | host | kernel-5.10 | kernel-6.1 | kernel-6.12 | kernel-7.2
+#                     one tox environment; pytest arguments via ARGS="-k something"
+#   make kernels      fetch (or refresh) all lab kernels into the cache
+SHELL := /bin/bash
+LAB_VENV ?= .lab/venv
+PY := $(LAB_VENV)/bin/python
+TOX := $(PY) -m tox
+SETUP_STAMP := $(LAB_VENV)/.ossl-ktls-setup
+SERIES := 5.10 6.1 6.12 7.2
+KERNEL_ENVS := $(addprefix kernel-,$(SERIES))
+ARGS ?=
+
+# vng (virtme-ng) and tox come from the lab venv.
+export PATH := $(CURDIR)/$(LAB_VENV)/bin:$(PATH)
+
+.PHONY: setup test demo lint type host kernels $(KERNEL_ENVS)
+
+setup:
+	bash interop/setup.sh
+
+$(SETUP_STAMP): pyproject.toml interop/setup.sh
+	bash interop/setup.sh
+
+test: setup
+	$(PY) -m interop.matrix $(if $(ARGS),-- $(ARGS))
+
+demo: setup
+	$(PY) -m interop.kernels fetch 7.2
+	$(PY) -m interop.demo
+
+kernels: $(SETUP_STAMP)
+	$(PY) -m interop.kernels fetch $(SERIES)
+
+lint type host $(KERNEL_ENVS): $(SETUP_STAMP)
+	$(TOX) -e $@ $(if $(ARGS),-- $(ARGS))
