@@ -98,7 +98,7 @@ _READ_SIZE = 256 * 1024
 _SEND_CHUNK = 256 * 1024  # plaintext handed to the kernel/OpenSSL per send
 _COALESCE = 64 * 1024  # small queued writes are joined up to this (fewer, fuller records)
 _MAX_RECORD = 16384
-_READS_PER_TURN = 16
+_TURN_BYTES = 1024 * 1024  # bytes read or written per callback, then the loop's other work
 
 
 class _LoopSocket(socket.socket):
@@ -503,7 +503,8 @@ class KTLSTransport(transports._FlowControlMixin):
         readable for them.
         """
         self._read_scheduled = False
-        for _ in range(_READS_PER_TURN):
+        budget = _TURN_BYTES
+        while budget > 0:
             if not self.is_reading() or self._eof_received or self._conn_lost:
                 return
             try:
@@ -524,6 +525,7 @@ class KTLSTransport(transports._FlowControlMixin):
             if not n:
                 self._read_eof()
                 return
+            budget -= n
             try:
                 if self._buffered:
                     self._protocol.buffer_updated(n)
@@ -659,6 +661,7 @@ class KTLSTransport(transports._FlowControlMixin):
         """Push what is queued (then close_notify when due); True when all of it is out."""
         sock, k = self._sock, self._k
         assert sock is not None
+        budget = _TURN_BYTES
         while True:
             try:
                 if not sock.push():
@@ -666,6 +669,8 @@ class KTLSTransport(transports._FlowControlMixin):
             except OSError as exc:
                 raise from_errno(exc.errno or errno.EIO, "send") from exc
             if self._buffer:
+                if budget <= 0:
+                    return False  # the writer stays armed: more on the next turn
                 try:
                     # Kernel TX: the kernel takes what fits. User space: everything is
                     # encrypted at once into sock.backlog, pushed on the next turn.
@@ -673,6 +678,7 @@ class KTLSTransport(transports._FlowControlMixin):
                 except (BlockingIOError, InterruptedError):
                     return False
                 self._consumed(n)
+                budget -= n
                 continue
             if (self._write_eof or self._closing) and not self._shutdown_sent:
                 try:
@@ -780,7 +786,8 @@ class KTLSTransport(transports._FlowControlMixin):
     def _linger_ready(self) -> None:
         if self._conn_lost:
             return
-        for _ in range(64):
+        budget = _TURN_BYTES
+        while budget > 0:
             try:
                 n = self._k.recv_into(self._scratch)
             except (BlockingIOError, InterruptedError):
@@ -792,6 +799,7 @@ class KTLSTransport(transports._FlowControlMixin):
             if not n:
                 self._finish()
                 return
+            budget -= n
         self._loop.call_soon(self._linger_ready)
 
     def _finish(self) -> None:

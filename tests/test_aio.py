@@ -136,9 +136,10 @@ def test_both_ends_aio(
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             _check_transport(writer, tx, rx)
-            got.set_result(await _recv_framed(reader))
+            received = await _recv_framed(reader)
             writer.write(response)
             await _close(writer)
+            got.set_result(received)
 
         server = await ossl_ktls.aio.start_server(handle, HOST, 0, context=sctx)
         async with server:
@@ -226,9 +227,10 @@ def test_server_against_pyopenssl_client(
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             _check_transport(writer, *_expected(expect_kernel, can_rekey, version, "aes-128-gcm"))
-            got.set_result(await reader.readexactly(len(request)))
+            received = await reader.readexactly(len(request))
             writer.write(response)
             await _close(writer)
+            got.set_result(received)
 
         server = await ossl_ktls.aio.start_server(handle, HOST, 0, context=sctx)
         async with server:
@@ -310,10 +312,11 @@ def test_server_against_curl(
             head = await reader.readuntil(b"\r\n\r\n")
             length = re.search(rb"(?im)^content-length: *(\d+)", head)
             assert length is not None, head
-            got.set_result(await reader.readexactly(int(length.group(1))))
+            received = await reader.readexactly(int(length.group(1)))
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(response))
             writer.write(b"Connection: close\r\n\r\n" + response)
             await _close(writer)
+            got.set_result(received)
 
         server = await ossl_ktls.aio.start_server(handle, HOST, 0, context=sctx)
         async with server:
@@ -348,11 +351,17 @@ def test_many_concurrent_streams(
     payloads = [os.urandom(96 * 1024 + i) for i in range(20)]
 
     async def main() -> list[bytes]:
+        handled: list[int] = []
+        all_handled = asyncio.Event()
+
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             _check_transport(writer, tx, rx)
             data = await _recv_framed(reader)
             await _send_framed(writer, data)
             await _close(writer)
+            handled.append(len(data))
+            if len(handled) == len(payloads):
+                all_handled.set()
 
         async def one(port: int, data: bytes) -> bytes:
             reader, writer = await ossl_ktls.aio.open_connection(
@@ -368,7 +377,9 @@ def test_many_concurrent_streams(
         server = await ossl_ktls.aio.start_server(handle, HOST, 0, context=sctx)
         async with server:
             port = server.sockets[0].getsockname()[1]
-            return await asyncio.gather(*(one(port, p) for p in payloads))
+            echoes = await asyncio.gather(*(one(port, p) for p in payloads))
+            await all_handled.wait()
+            return echoes
 
     echoes = _run(main())
     assert [digest(e) for e in echoes] == [digest(p) for p in payloads]
@@ -410,8 +421,9 @@ def test_sendfile(
         got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            got.set_result(await reader.read())
+            received = await reader.read()
             await _close(writer)
+            got.set_result(received)
 
         server = await ossl_ktls.aio.start_server(handle, HOST, 0, context=sctx)
         async with server:
@@ -464,15 +476,26 @@ def test_flow_control(
             while transport.is_reading():
                 await asyncio.sleep(0.01)  # the reader's buffer fills, the transport pauses
             await go.wait()
-            got.set_result(await reader.readexactly(len(data)))
+            received = await reader.readexactly(len(data))
             writer.write(b"ok")
             await _close(writer)
+            got.set_result(received)
 
-        server = await ossl_ktls.aio.start_server(handle, HOST, 0, context=sctx, limit=16 * 1024)
+        # Small kernel buffers on both ends, or 4 MiB could sit in them unread.
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        listener.bind((HOST, 0))
+        listener.listen()
+        server = await ossl_ktls.aio.start_server(
+            handle, sock=listener, context=sctx, limit=16 * 1024
+        )
         async with server:
             port = server.sockets[0].getsockname()[1]
             reader, writer = await ossl_ktls.aio.open_connection(
                 HOST, port, context=cctx, server_hostname="localhost"
+            )
+            writer.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024
             )
             writer.transport.set_write_buffer_limits(high=64 * 1024)
             writer.write(data)
@@ -503,9 +526,10 @@ def test_close_notify_half_close_and_truncation(certs: Certs) -> None:
         got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            got.set_result(await reader.read())  # ends at the client's close_notify
+            received = await reader.read()  # ends at the client's close_notify
             writer.write(response)
             await _close(writer)
+            got.set_result(received)
 
         server = await ossl_ktls.aio.start_server(handle, HOST, 0, context=sctx)
         async with server:
@@ -572,8 +596,8 @@ def test_cancel_mid_transfer_closes_cleanly(certs: Certs) -> None:
             while chunk := await reader.read(32 * 1024):
                 out += chunk
                 await asyncio.sleep(0.001)
-            got.set_result(bytes(out))
             await _close(writer)
+            got.set_result(bytes(out))
 
         async def client(port: int) -> None:
             _, writer = await ossl_ktls.aio.open_connection(
@@ -601,6 +625,7 @@ def test_cancel_mid_transfer_closes_cleanly(certs: Certs) -> None:
             received = await got
         return bytes(sent), received
 
+    gc.collect()  # descriptors of earlier tests' garbage must not close during this one
     before = _fd_count()
     sent, received = _run(main())
     gc.collect()
@@ -653,7 +678,7 @@ def test_handshake_cancel_timeout_and_failure_leak_nothing(certs: Certs) -> None
             raise AssertionError("no connection should complete")
 
         server = await ossl_ktls.aio.start_server(
-            never, HOST, 0, context=sctx, handshake_timeout=0.3
+            never, HOST, 0, context=sctx, handshake_timeout=2.0
         )
         async with server:
             port = server.sockets[0].getsockname()[1]
@@ -668,6 +693,7 @@ def test_handshake_cancel_timeout_and_failure_leak_nothing(certs: Certs) -> None
         tick_task.cancel()
         assert ticks > 10
 
+    gc.collect()  # descriptors of earlier tests' garbage must not close during this one
     before = _fd_count()
     _run(main())
     gc.collect()
