@@ -1,0 +1,1018 @@
+"""Statistics, targets, Markdown, JSON and plots from one run's raw samples.
+
+Every figure is a median over the repetitions, with the spread (lowest-highest) beside
+it. Ratios are taken pair by pair: variant A's value over variant B's value *in the same
+repetition* (the two ran next to each other), then the median of those ratios. User/system
+splits and the user-space share are pooled over the repetitions (sum of user ticks over
+sum of all ticks), because a single short transfer holds only a few clock ticks.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import SUITES, VARIANTS, GiB, MiB
+
+Json = dict[str, Any]
+Metric = Callable[[Json], float | None]
+
+REF_USER = {"tx": "pyopenssl_sendall", "rx": "pyopenssl_recv"}
+REF_C = {"tx": "openssl_c_ktls", "rx": "openssl_c_recv"}
+CEILING = {"tx": "tcp_sendfile", "rx": "tcp_recv"}
+OURS = {"tx": "ktls_sendfile", "rx": "ktls_recv"}
+TARGET_CPU = 1.05
+TARGET_USER_SHARE = 0.05
+TARGET_SPEEDUP = 1.3
+TARGET_WRAP = 0.05
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def throughput(s: Json) -> float | None:
+    """MiB/s."""
+    return s["bytes"] / s["seconds"] / MiB if s.get("seconds") else None
+
+
+def cpu_per_gib(s: Json) -> float | None:
+    """CPU seconds per GiB moved."""
+    return s["cpu_s"] / (s["bytes"] / GiB) if s.get("bytes") else None
+
+
+def rate(s: Json) -> float | None:
+    """Operations (round trips, connections) per second."""
+    return s["count"] / s["seconds"] if s.get("seconds") and s.get("count") else None
+
+
+def cpu_per_op_us(s: Json) -> float | None:
+    return s["cpu_s"] / s["count"] * 1e6 if s.get("count") else None
+
+
+def handshake_ms(s: Json) -> float | None:
+    return s["handshake_s"] / s["count"] * 1e3 if s.get("count") else None
+
+
+def wrap_ms(s: Json) -> float | None:
+    return s["wrap_s"] / s["count"] * 1e3 if s.get("count") else None
+
+
+def wrap_share(s: Json) -> float | None:
+    return s["wrap_s"] / s["handshake_s"] if s.get("handshake_s") else None
+
+
+def server_wrap_share(s: Json) -> float | None:
+    peer = s.get("peer") or {}
+    return peer["wrap_s"] / peer["handshake_s"] if peer.get("handshake_s") else None
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclass
+class Stat:
+    """Median and spread of one metric over the repetitions."""
+
+    median: float
+    low: float
+    high: float
+    n: int
+
+    def as_json(self) -> Json:
+        return {"median": self.median, "min": self.low, "max": self.high, "n": self.n}
+
+
+def stat(values: Iterable[float | None]) -> Stat | None:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return Stat(statistics.median(vals), min(vals), max(vals), len(vals))
+
+
+class Results:
+    """Raw samples indexed by (part, suite, size, variant) and, within, by repetition."""
+
+    def __init__(self, raw: Json) -> None:
+        self.raw = raw
+        self.env: Json = raw["environment"]
+        self.plan: Json = raw["plan"]
+        self.groups: dict[tuple[str, str, int, str], dict[int, Json]] = defaultdict(dict)
+        self.failures: dict[tuple[str, str, int, str], list[Json]] = defaultdict(list)
+        for s in raw["samples"]:
+            size = s.get("n", s.get("size", 0)) if s["part"] == "conc" else s.get("size", 0)
+            key = (s["part"], s.get("suite", ""), int(size), s["variant"])
+            if s["status"] == "ok":
+                self.groups[key][int(s["rep"])] = s
+            else:
+                self.failures[key].append(s)
+
+    def samples(self, part: str, suite: str, size: int, variant: str) -> list[Json]:
+        return list(self.groups.get((part, suite, size, variant), {}).values())
+
+    def stat(self, part: str, suite: str, size: int, variant: str, metric: Metric) -> Stat | None:
+        return stat(metric(s) for s in self.samples(part, suite, size, variant))
+
+    def ratio(
+        self, part: str, suite: str, size: int, a: str, b: str, metric: Metric
+    ) -> Stat | None:
+        """Pairwise (same repetition) ratio of *metric*, variant *a* over *b*."""
+        ga = self.groups.get((part, suite, size, a), {})
+        gb = self.groups.get((part, suite, size, b), {})
+        vals = []
+        for rep, sa in ga.items():
+            sb = gb.get(rep)
+            if sb is None:
+                continue
+            va, vb = metric(sa), metric(sb)
+            if va is not None and vb:
+                vals.append(va / vb)
+        return stat(vals)
+
+    def pooled_user_share(self, part: str, suite: str, size: int, variant: str) -> float | None:
+        ss = self.samples(part, suite, size, variant)
+        user = sum(s.get("user_ticks", 0) for s in ss)
+        total = user + sum(s.get("sys_ticks", 0) for s in ss)
+        return user / total if total else None
+
+    def pooled_split_per_gib(
+        self, part: str, suite: str, size: int, variant: str
+    ) -> tuple[float, float] | None:
+        """(user, sys) CPU seconds per GiB: the median total split by the pooled share."""
+        total = self.stat(part, suite, size, variant, cpu_per_gib)
+        share = self.pooled_user_share(part, suite, size, variant)
+        if total is None or share is None:
+            return None
+        return total.median * share, total.median * (1 - share)
+
+    def unavailable(self, part: str, suite: str, size: int, variant: str) -> str | None:
+        fails = self.failures.get((part, suite, size, variant), [])
+        if fails and not self.samples(part, suite, size, variant):
+            reasons = {f.get("reason", "") for f in fails}
+            status = {f["status"] for f in fails}
+            word = "unavailable" if status == {"unavailable"} else "failed"
+            return f"{word}: {'; '.join(sorted(reasons))[:300]}"
+        return None
+
+    def sizes(self, part: str) -> list[int]:
+        return sorted({k[2] for k in self.groups if k[0] == part})
+
+    def suites(self) -> list[str]:
+        seen = {k[1] for k in self.groups} | {k[1] for k in self.failures}
+        return [s for s in SUITES if s in seen]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.{digits}f}"
+
+
+def fmt_stat(s: Stat | None, digits: int = 2) -> str:
+    if s is None:
+        return "-"
+    if s.n == 1:
+        return fmt(s.median, digits)
+    return f"{fmt(s.median, digits)} ({fmt(s.low, digits)}-{fmt(s.high, digits)})"
+
+
+def fmt_ratio(s: Stat | None) -> str:
+    if s is None:
+        return "-"
+    if s.n == 1:
+        return f"{s.median:.2f}x"
+    return f"{s.median:.2f}x ({s.low:.2f}-{s.high:.2f})"
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.1f}%"
+
+
+def size_label(size: int) -> str:
+    return f"{size // MiB} MiB" if size >= MiB else f"{size // 1024} KiB"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def bulk_rows(r: Results, part: str, suite: str, size: int) -> list[Json]:
+    rows = []
+    for v, info in VARIANTS.items():
+        if info.part != part:
+            continue
+        entry: Json = {"variant": v, "label": info.label, "note": info.note}
+        why = r.unavailable(part, suite, size, v)
+        if why:
+            entry["unavailable"] = why
+            rows.append(entry)
+            continue
+        tp = r.stat(part, suite, size, v, throughput)
+        if tp is None:
+            continue
+        cpu = r.stat(part, suite, size, v, cpu_per_gib)
+        split = r.pooled_split_per_gib(part, suite, size, v)
+        ss = r.samples(part, suite, size, v)
+        entry.update(
+            {
+                "throughput_mib_s": tp.as_json(),
+                "cpu_s_per_gib": cpu.as_json() if cpu else None,
+                "user_s_per_gib": split[0] if split else None,
+                "sys_s_per_gib": split[1] if split else None,
+                "user_share": r.pooled_user_share(part, suite, size, v),
+                "kernel_tx": any(s.get("ktls_tx") for s in ss),
+                "kernel_rx": any(s.get("ktls_rx") for s in ss),
+            }
+        )
+        for name, ref in (("vs_user", REF_USER[part]), ("vs_c", REF_C[part])):
+            t = r.ratio(part, suite, size, v, ref, throughput)
+            c = r.ratio(part, suite, size, v, ref, cpu_per_gib)
+            entry[f"throughput_{name}"] = t.as_json() if t else None
+            entry[f"cpu_{name}"] = c.as_json() if c else None
+        rows.append(entry)
+    return rows
+
+
+def verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("met" if ok else "missed")
+
+
+def targets(r: Results) -> list[Json]:
+    """The issue's four targets, per suite (bulk at the largest transfer size measured)."""
+    out: list[Json] = []
+    for suite in r.suites():
+        label = SUITES[suite].label
+        sizes = r.sizes("tx")
+        size = sizes[-1] if sizes else 0
+        where = f"{label}, {size_label(size)}" if size else label
+        c = r.ratio("tx", suite, size, OURS["tx"], REF_C["tx"], cpu_per_gib)
+        ok = None if c is None else c.median <= TARGET_CPU
+        why = ""
+        if c is not None:
+            ours = r.pooled_split_per_gib("tx", suite, size, OURS["tx"])
+            theirs = r.pooled_split_per_gib("tx", suite, size, REF_C["tx"])
+            if ours and theirs:
+                why = (
+                    f"user {fmt(ours[0])} vs {fmt(theirs[0])} s/GiB, "
+                    f"system {fmt(ours[1])} vs {fmt(theirs[1])} s/GiB"
+                )
+        out.append(
+            {
+                "target": "sendfile sender CPU per GiB within 5% of OpenSSL C kTLS sendfile",
+                "where": where,
+                "measured": f"{fmt_ratio(c)} of OpenSSL's CPU/GiB",
+                "value": c.median if c else None,
+                "limit": TARGET_CPU,
+                "verdict": verdict(ok),
+                "by": None if c is None else f"{(c.median / TARGET_CPU - 1) * 100:.0f}% over 1.05x",
+                "detail": why,
+            }
+        )
+        share = r.pooled_user_share("tx", suite, size, OURS["tx"])
+        ok = None if share is None else share < TARGET_USER_SHARE
+        ss = r.samples("tx", suite, size, OURS["tx"])
+        ticks = sum(s.get("user_ticks", 0) + s.get("sys_ticks", 0) for s in ss)
+        out.append(
+            {
+                "target": "Python user-space CPU under 5% of the sender's total (sendfile)",
+                "where": where,
+                "measured": f"{pct(share)} user space ({ticks} clock ticks pooled)",
+                "value": share,
+                "limit": TARGET_USER_SHARE,
+                "verdict": verdict(ok),
+                "by": None
+                if share is None
+                else f"{(share - TARGET_USER_SHARE) * 100:.1f} points over 5%",
+                "detail": "",
+            }
+        )
+        t = r.ratio("tx", suite, size, OURS["tx"], REF_USER["tx"], throughput)
+        ceiling = r.ratio("tx", suite, size, CEILING["tx"], REF_USER["tx"], throughput)
+        of_ceiling = r.ratio("tx", suite, size, OURS["tx"], CEILING["tx"], throughput)
+        ok = None if t is None else t.median >= TARGET_SPEEDUP
+        out.append(
+            {
+                "target": "throughput at least 1.3x pyOpenSSL user space",
+                "where": where,
+                "measured": f"{fmt_ratio(t)} pyOpenSSL",
+                "value": t.median if t else None,
+                "limit": TARGET_SPEEDUP,
+                "verdict": verdict(ok),
+                "by": None
+                if t is None
+                else f"{(1 - t.median / TARGET_SPEEDUP) * 100:.0f}% short of 1.3x",
+                "detail": f"plain TCP sendfile (ceiling) is {fmt_ratio(ceiling)} pyOpenSSL; "
+                f"ossl_ktls reaches {fmt_ratio(of_ceiling)} of it",
+            }
+        )
+        factors = inflation(r.env)
+        for side, metric in (("client", wrap_share), ("server", server_wrap_share)):
+            w = r.stat("conn", suite, 0, "conn_ktls", metric)
+            ok = None if w is None else w.median < TARGET_WRAP
+            detail = ""
+            if w is not None and factors and factors[0] > factors[1] * 1.5:
+                scaled = w.median * factors[1] / factors[0]
+                detail = (
+                    f"wrap() is Python, the handshake mostly C: here Python is slowed "
+                    f"{factors[0] / factors[1]:.1f}x more than C; scaled back to the host's "
+                    f"balance, about {pct(scaled)} (an estimate, not a measurement)"
+                )
+            out.append(
+                {
+                    "target": f"wrap() under 5% of the handshake time ({side})",
+                    "where": label,
+                    "measured": f"{pct(w.median) if w else '-'} of the handshake"
+                    + (f" ({pct(w.low)}-{pct(w.high)})" if w and w.n > 1 else ""),
+                    "value": w.median if w else None,
+                    "limit": TARGET_WRAP,
+                    "verdict": verdict(ok),
+                    "by": None
+                    if w is None
+                    else f"{(w.median - TARGET_WRAP) * 100:.1f} points over 5%",
+                    "detail": detail,
+                }
+            )
+    return out
+
+
+def summarize(r: Results) -> Json:
+    summary: Json = {"bulk": {}, "rr": {}, "conn": {}, "conc": {}, "targets": targets(r)}
+    for part in ("tx", "rx"):
+        for suite in r.suites():
+            for size in r.sizes(part):
+                summary["bulk"][f"{part}/{suite}/{size}"] = bulk_rows(r, part, suite, size)
+    for suite in r.suites():
+        rows: list[Json] = []
+        for v, info in VARIANTS.items():
+            if info.part != "rr":
+                continue
+            size = r.plan.get("rr_msg", 1024)
+            rt = r.stat("rr", suite, size, v, rate)
+            if rt is None:
+                rows.append({"variant": v, "unavailable": r.unavailable("rr", suite, size, v)})
+                continue
+            ratio = r.ratio("rr", suite, size, v, "rr_pyopenssl", rate)
+            cpu = r.stat("rr", suite, size, v, cpu_per_op_us)
+            rows.append(
+                {
+                    "variant": v,
+                    "round_trips_s": rt.as_json(),
+                    "cpu_us_per_round_trip": cpu.as_json() if cpu else None,
+                    "vs_pyopenssl": ratio.as_json() if ratio else None,
+                }
+            )
+        summary["rr"][suite] = rows
+        rows = []
+        for v, info in VARIANTS.items():
+            if info.part != "conn":
+                continue
+            cr = r.stat("conn", suite, 0, v, rate)
+            if cr is None:
+                rows.append({"variant": v, "unavailable": r.unavailable("conn", suite, 0, v)})
+                continue
+            row: Json = {"variant": v, "conns_s": cr.as_json()}
+            for name, metric in (
+                ("handshake_ms", handshake_ms),
+                ("wrap_ms", wrap_ms),
+                ("wrap_share_client", wrap_share),
+                ("wrap_share_server", server_wrap_share),
+                ("cpu_us_per_conn", cpu_per_op_us),
+            ):
+                st = r.stat("conn", suite, 0, v, metric)
+                row[name] = st.as_json() if st else None
+            vs = r.ratio("conn", suite, 0, v, "conn_pyopenssl", rate)
+            row["vs_pyopenssl"] = vs.as_json() if vs else None
+            rows.append(row)
+        summary["conn"][suite] = rows
+        conc = []
+        for n in r.sizes("conc"):
+            tp = r.stat("conc", suite, n, "serve", throughput)
+            if tp is None:
+                continue
+            cpu = r.stat("conc", suite, n, "serve", cpu_per_gib)
+            conc.append(
+                {
+                    "n": n,
+                    "throughput_mib_s": tp.as_json(),
+                    "cpu_s_per_gib": cpu.as_json() if cpu else None,
+                    "user_share": r.pooled_user_share("conc", suite, n, "serve"),
+                }
+            )
+        if conc:
+            summary["conc"][suite] = conc
+    return summary
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plots(r: Results, out: Path) -> list[tuple[str, str]]:
+    """Write the PNGs; return (file name, caption) pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+
+    made: list[tuple[str, str]] = []
+    suites = r.suites()
+    for part, title in (("tx", "sender measured"), ("rx", "receiver measured")):
+        sizes = r.sizes(part)
+        if not sizes:
+            continue
+        variants = [v for v, i in VARIANTS.items() if i.part == part]
+        fig, axes = plt.subplots(2, len(suites), figsize=(6.5 * len(suites), 8.5), squeeze=False)
+        for col, suite in enumerate(suites):
+            ax = axes[0][col]
+            width = 0.8 / len(variants)
+            for i, v in enumerate(variants):
+                meds, errs_lo, errs_hi, xs = [], [], [], []
+                for j, size in enumerate(sizes):
+                    st = r.stat(part, suite, size, v, throughput)
+                    if st is None:
+                        continue
+                    xs.append(j + (i - len(variants) / 2 + 0.5) * width)
+                    meds.append(st.median)
+                    errs_lo.append(st.median - st.low)
+                    errs_hi.append(st.high - st.median)
+                if xs:
+                    ax.bar(
+                        xs, meds, width, yerr=[errs_lo, errs_hi], capsize=2,
+                        label=VARIANTS[v].label, color=f"C{i}",
+                    )  # fmt: skip
+            ax.set_xticks(range(len(sizes)), [size_label(s) for s in sizes])
+            ax.set_ylabel("MiB/s (median, min-max)")
+            ax.set_title(f"{SUITES[suite].label}: throughput, {title}")
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+            ax = axes[1][col]
+            size = sizes[-1]
+            labels, users, syss = [], [], []
+            for v in variants:
+                split = r.pooled_split_per_gib(part, suite, size, v)
+                if split is None:
+                    continue
+                labels.append(VARIANTS[v].label)
+                users.append(split[0])
+                syss.append(split[1])
+            ys = range(len(labels))
+            ax.barh(ys, users, color="C1", label="user")
+            ax.barh(ys, syss, left=users, color="C0", label="system")
+            ax.set_yticks(list(ys), labels)
+            ax.invert_yaxis()
+            ax.set_xlabel(f"CPU seconds per GiB, {size_label(size)} transfers")
+            ax.set_title(f"{SUITES[suite].label}: CPU of the measured side")
+            ax.legend(loc="lower right")
+        shown = [
+            (i, v)
+            for i, v in enumerate(variants)
+            if any(r.samples(part, su, sz, v) for su in suites for sz in sizes)
+        ]
+        handles = [Patch(color=f"C{i}", label=VARIANTS[v].label) for i, v in shown]
+        fig.legend(handles=handles, loc="upper center", ncol=5, fontsize=8)
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
+        name = f"bench-{part}.png"
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        made.append((name, f"Bulk transfers, {title}"))
+
+    rr_variants = [v for v, i in VARIANTS.items() if i.part == "rr"]
+    conn_variants = [v for v, i in VARIANTS.items() if i.part == "conn"]
+    if r.sizes("rr") or r.sizes("conn"):
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for ax, part, variants, metric, ylabel in (
+            (axes[0], "rr", rr_variants, rate, "1 KiB round trips per second"),
+            (axes[1], "conn", conn_variants, rate, "connections per second"),
+        ):
+            size = r.plan.get("rr_msg", 1024) if part == "rr" else 0
+            width = 0.8 / max(1, len(suites))
+            for k, suite in enumerate(suites):
+                xs, meds, lo, hi = [], [], [], []
+                for i, v in enumerate(variants):
+                    st = r.stat(part, suite, size, v, metric)
+                    if st is None:
+                        continue
+                    xs.append(i + (k - len(suites) / 2 + 0.5) * width)
+                    meds.append(st.median)
+                    lo.append(st.median - st.low)
+                    hi.append(st.high - st.median)
+                ax.bar(xs, meds, width, yerr=[lo, hi], capsize=2, label=SUITES[suite].label)
+            ax.set_xticks(range(len(variants)), [VARIANTS[v].label for v in variants])
+            ax.set_ylabel(ylabel)
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "bench-small.png", dpi=90)
+        plt.close(fig)
+        made.append(("bench-small.png", "Small messages and connections"))
+
+    conc_suites = [s for s in suites if r.samples("conc", s, 1, "serve")]
+    if conc_suites:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for suite in conc_suites:
+            ns = r.sizes("conc")
+            tps = [r.stat("conc", suite, n, "serve", throughput) for n in ns]
+            cps = [r.stat("conc", suite, n, "serve", cpu_per_gib) for n in ns]
+            axes[0].plot(
+                ns, [t.median if t else None for t in tps], "o-", label=SUITES[suite].label
+            )
+            axes[1].plot(
+                ns, [c.median if c else None for c in cps], "o-", label=SUITES[suite].label
+            )
+        axes[0].set_ylabel("aggregate MiB/s")
+        axes[1].set_ylabel("server CPU seconds per GiB")
+        for ax in axes:
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("simultaneous downloads")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "bench-concurrency.png", dpi=90)
+        plt.close(fig)
+        made.append(("bench-concurrency.png", "Concurrent downloads through serve"))
+    return made
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def inflation(env: Json) -> tuple[float, float] | None:
+    """(Python, C handshake) slow-down of this machine against the host, if both known."""
+    here, host = env.get("calibration"), env.get("host_calibration")
+    if not here or not host:
+        return None
+    return (
+        here["python_loop_ms"] / host["python_loop_ms"],
+        here["handshake_ms"] / host["handshake_ms"],
+    )
+
+
+def calibration(env: Json) -> str:
+    here = env.get("calibration")
+    if not here:
+        return ""
+    text = (
+        f"pure-Python loop {here['python_loop_ms']:.0f} ms, in-memory TLS 1.3 handshake "
+        f"(OpenSSL C) {here['handshake_ms']:.1f} ms"
+    )
+    host = env.get("host_calibration")
+    factors = inflation(env)
+    if host and factors:
+        text += (
+            f"; on the host {host['python_loop_ms']:.0f} ms and {host['handshake_ms']:.1f} ms: "
+            f"Python runs {factors[0]:.0f}x slower here, OpenSSL's handshake "
+            f"{factors[1]:.0f}x slower"
+        )
+    return text
+
+
+def environment_lines(raw: Json) -> list[str]:
+    env = raw["environment"]
+    emu = {
+        "tcg": "yes: QEMU TCG software emulation (absolute numbers are meaningless, "
+        "ratios within the run are what counts)",
+        "vm": "no: hardware-assisted virtual machine",
+        "none": "no: bare metal",
+    }.get(env["emulation"], env["emulation"])
+    rows = [
+        ["kernel", f"{env['kernel']} ({env['kernel_version']})"],
+        ["CPU", f"{env['cpu_model']}, {env['cpus']} CPUs, {env['memory_mib']} MiB"],
+        ["emulated", emu],
+    ]
+    if env.get("host_cpu_model"):
+        rows.append(["host", f"{env['host_cpu_model']}, kernel {env.get('host_kernel')}"])
+    cal = calibration(env)
+    if cal:
+        rows.append(["calibration", cal])
+    rows += [
+        ["kernel TLS", env["ktls_probe"]["repr"]],
+        ["Python", env["python"]],
+        ["pyOpenSSL", f"{env['pyopenssl']} on {env['pyopenssl_openssl']}"],
+        ["stdlib ssl", env["stdlib_ssl_openssl"]],
+        ["openssl CLI", env["openssl_cli"]],
+        ["ossl_ktls", f"{env['ossl_ktls']} (commit {env.get('commit') or '?'})"],
+        ["date", env["date"]],
+        ["duration", f"{raw.get('duration_s', 0) / 60:.1f} minutes"],
+    ]
+    return table(["", ""], rows)
+
+
+def stdlib_finding(r: Results) -> str:
+    env = r.env
+    kernel_tx = [
+        s
+        for (part, _suite, _size, v), g in r.groups.items()
+        if v == "stdlib_ktls_sendall"
+        for s in g.values()
+        if s.get("ktls_tx")
+    ]
+    kernel_rx = {
+        SUITES[k[1]].label
+        for k, g in r.groups.items()
+        if k[3] == "stdlib_ktls_recv"
+        for s in g.values()
+        if s.get("ktls_rx")
+    }
+    has_const = env.get("stdlib_ssl_has_op_enable_ktls")
+    text = (
+        f"The host Python's `ssl` module is linked against {env['stdlib_ssl_openssl']}. "
+        f"Python {env['python']} {'has' if has_const else 'has no'} `ssl.OP_ENABLE_KTLS`, and "
+        "its `SSLSocket.sendfile()` is a plain `send()` loop over 8 KiB reads (`SSL_sendfile` "
+        "is not used), so a stdlib user gets user-space TLS by default. "
+    )
+    if kernel_tx:
+        text += (
+            "That OpenSSL *is* built with kTLS: setting the option bit by its number "
+            "(`ctx.options |= 0x8`, SSL_OP_ENABLE_KTLS) made it install kernel TX "
+            "(checked with getsockopt(SOL_TLS, TLS_TX))"
+            + (f", and kernel RX for {', '.join(sorted(kernel_rx))}" if kernel_rx else "")
+            + ': the row "stdlib ssl sendall + KTLS bit" measures that path.'
+        )
+    elif r.env["ktls_probe"]["ulp"]:
+        text += "Setting SSL_OP_ENABLE_KTLS (0x8) by hand did not make it use the kernel."
+    else:
+        text += "Whether its OpenSSL can use kTLS cannot be told here: this kernel has none."
+    return text
+
+
+def bulk_section(r: Results, summary: Json, part: str) -> list[str]:
+    lines: list[str] = []
+    ref_c = VARIANTS[REF_C[part]].label
+    ref_u = VARIANTS[REF_USER[part]].label
+    for suite in r.suites():
+        for size in r.sizes(part):
+            rows = summary["bulk"].get(f"{part}/{suite}/{size}", [])
+            if not rows:
+                continue
+            lines += ["", f"**{SUITES[suite].label}, {size_label(size)}**", ""]
+            body = []
+            for e in rows:
+                if "unavailable" in e:
+                    body.append([e["label"], e["unavailable"], "", "", "", "", "", ""])
+                    continue
+                tp = e["throughput_mib_s"]
+                kern = [d for d, on in (("TX", e["kernel_tx"]), ("RX", e["kernel_rx"])) if on]
+                body.append(
+                    [
+                        e["label"] + (f" *(kernel {'+'.join(kern)})*" if kern else ""),
+                        fmt_stat(Stat(tp["median"], tp["min"], tp["max"], tp["n"]), 1),
+                        fmt_stat(_st(e["cpu_s_per_gib"])),
+                        f"{fmt(e['user_s_per_gib'])} / {fmt(e['sys_s_per_gib'])}",
+                        pct(e["user_share"]),
+                        f"{fmt_ratio(_st(e['throughput_vs_user']))}",
+                        f"{fmt_ratio(_st(e['cpu_vs_user']))}",
+                        f"{fmt_ratio(_st(e['throughput_vs_c']))} / {fmt_ratio(_st(e['cpu_vs_c']))}",
+                    ]
+                )
+            lines += table(
+                [
+                    "variant",
+                    "MiB/s",
+                    "CPU s/GiB",
+                    "user / sys s/GiB",
+                    "user share",
+                    f"throughput vs {ref_u}",
+                    f"CPU vs {ref_u}",
+                    f"vs {ref_c}: throughput / CPU",
+                ],
+                body,
+            )
+    return lines
+
+
+def _st(j: Json | None) -> Stat | None:
+    return None if j is None else Stat(j["median"], j["min"], j["max"], j["n"])
+
+
+def headline(r: Results) -> list[str]:
+    """The ratios the README may quote: ossl_ktls against each alternative."""
+    rows = []
+    for suite in r.suites():
+        label = SUITES[suite].label
+        for part, what in (("tx", "sendfile, sender"), ("rx", "recv_into, receiver")):
+            sizes = r.sizes(part)
+            if not sizes:
+                continue
+            size = sizes[-1]
+            ours = OURS[part]
+            for ref in (REF_USER[part], REF_C[part], CEILING[part]):
+                tp = r.ratio(part, suite, size, ours, ref, throughput)
+                cpu = r.ratio(part, suite, size, ours, ref, cpu_per_gib)
+                if tp is None and cpu is None:
+                    continue
+                rows.append(
+                    [
+                        label,
+                        f"{what}, {size_label(size)}",
+                        VARIANTS[ref].label,
+                        fmt_ratio(tp),
+                        fmt_ratio(cpu),
+                    ]
+                )
+        for part, ours, ref, what in (
+            ("rr", "rr_ktls", "rr_pyopenssl", "1 KiB round trips/s"),
+            ("conn", "conn_ktls", "conn_pyopenssl", "connections/s (handshake + wrap)"),
+        ):
+            size = r.plan.get("rr_msg", 1024) if part == "rr" else 0
+            rt = r.ratio(part, suite, size, ours, ref, rate)
+            cpu = r.ratio(part, suite, size, ours, ref, cpu_per_op_us)
+            if rt is not None:
+                rows.append([label, what, VARIANTS[ref].label, fmt_ratio(rt), fmt_ratio(cpu)])
+    if not rows:
+        return ["No kernel TLS rows were measured in this run."]
+    return table(["suite", "ossl_ktls", "against", "throughput / rate ratio", "CPU ratio"], rows)
+
+
+def markdown(raw: Json, r: Results, summary: Json, pngs: list[tuple[str, str]]) -> str:
+    plan = raw["plan"]
+    env = r.env
+    emulated = env["emulation"] == "tcg"
+    lines = [
+        "# Benchmarks",
+        "",
+        "ossl_ktls against what a user would pick instead, side by side in one run. "
+        + (
+            "This run is **emulated (QEMU TCG)**: absolute figures are 10-30x off and "
+            "meaningless; only the ratios between variants of the same run are reported "
+            "as results. "
+            if emulated
+            else ""
+        )
+        + f"Generated by `bench/` ({raw.get('command', 'python -m bench')}); "
+        "regenerate with `make bench`. Raw samples and every summary figure are in "
+        "[benchmarks.json](benchmarks.json).",
+        "",
+        "## Where",
+        "",
+        *environment_lines(raw),
+        "",
+        "## Summary",
+        "",
+        "Ratios are medians of per-repetition pairs (the two variants ran back to back), "
+        "with the lowest and highest pair in brackets. Bulk figures are at the largest "
+        "transfer size of the run. Throughput: higher is better; CPU per GiB: lower is better.",
+        "",
+    ]
+    lines += headline(r)
+    lines += ["", "### Targets", ""]
+    trow = []
+    for t in summary["targets"]:
+        by = t["by"] if t["verdict"] == "missed" else ""
+        verdict_text = f"**{t['verdict']}**" + (f" ({by})" if by else "")
+        trow.append([t["target"], t["where"], t["measured"], verdict_text, t["detail"]])
+    lines += table(["target", "where", "measured", "verdict", "detail"], trow)
+    notes_file = Path(__file__).with_name("analysis.md")
+    if notes_file.exists():
+        lines += ["", notes_file.read_text().strip()]
+    lines += [
+        "",
+        "## Bulk transfer, sender measured",
+        "",
+        "The sender is a TLS server; the receiver, another process, finishes its handshake "
+        "(pyOpenSSL) and then reads and drops the ciphertext without decrypting it, so only "
+        "the sender's work is counted. Timing and CPU run from the first byte sent to the "
+        "receiver's FIN after the sender's close_notify and half-close (OpenSSL: from the "
+        "HTTP request after the handshake to the end of the response). CPU is the sender "
+        "process's, from /proc (user + system); *user share* is the part spent in user space "
+        "(for ossl_ktls sendfile: the Python interpreter).",
+        *bulk_section(r, summary, "tx"),
+        "",
+        stdlib_finding(r),
+    ]
+    for name, caption in pngs:
+        if name == "bench-tx.png":
+            lines += ["", f"![{caption}]({name})"]
+    lines += [
+        "",
+        "## Bulk transfer, receiver measured",
+        "",
+        "The reverse direction: a peer pushes (ossl_ktls sendfile where the kernel takes it), "
+        "the receiver, a TLS client, reads and is measured from the end of its handshake to "
+        "the last byte. `openssl s_client` is measured from outside (/proc), its progress "
+        "followed through the bytes it writes to /dev/null.",
+        *bulk_section(r, summary, "rx"),
+    ]
+    for name, caption in pngs:
+        if name == "bench-rx.png":
+            lines += ["", f"![{caption}]({name})"]
+    lines += ["", "## Small messages", ""]
+    lines += [
+        f"{plan.get('rr_msg', 1024)}-byte request, same-size response, one connection, "
+        f"{plan.get('rr_seconds')} s per sample, TCP_NODELAY; the client is measured. Both "
+        "ends use the variant's stack, except the stdlib client whose server is pyOpenSSL "
+        "(Python 3.11's ssl cannot pin a TLS 1.3 suite).",
+        "",
+    ]
+    body = []
+    for suite in r.suites():
+        for row in summary["rr"].get(suite, []):
+            label = VARIANTS[row["variant"]].label
+            if "round_trips_s" not in row:
+                body.append([SUITES[suite].label, label, row.get("unavailable") or "-", "", ""])
+                continue
+            body.append(
+                [
+                    SUITES[suite].label,
+                    label,
+                    fmt_stat(_st(row["round_trips_s"]), 0),
+                    fmt_stat(_st(row["cpu_us_per_round_trip"]), 0),
+                    fmt_ratio(_st(row["vs_pyopenssl"])),
+                ]
+            )
+    lines += table(
+        ["suite", "variant", "round trips/s", "client CPU µs per round trip", "vs pyOpenSSL"],
+        body,
+    )
+    lines += [
+        "",
+        "## Connections per second and the cost of wrap()",
+        "",
+        f"New connection, full handshake (no resumption), hand-over, a 4-byte exchange, close; "
+        f"{plan.get('conn_seconds')} s per sample. The client is measured; handshake and "
+        "`wrap()` are timed apart (the handshake is finished with `do_handshake()` before "
+        "`wrap()`, so `wrap()` measures the hand-over alone: key derivation, setsockopt, "
+        "socket swap). The server side's share comes from the peer process.",
+        "",
+    ]
+    body = []
+    for suite in r.suites():
+        for row in summary["conn"].get(suite, []):
+            label = VARIANTS[row["variant"]].label
+            if "conns_s" not in row:
+                body.append([SUITES[suite].label, label, row.get("unavailable") or "-"] + [""] * 5)
+                continue
+            ws_c, ws_s = _st(row["wrap_share_client"]), _st(row["wrap_share_server"])
+            body.append(
+                [
+                    SUITES[suite].label,
+                    label,
+                    fmt_stat(_st(row["conns_s"]), 1),
+                    fmt_stat(_st(row["handshake_ms"])),
+                    fmt_stat(_st(row["wrap_ms"]), 3),
+                    f"{pct(ws_c.median) if ws_c else '-'} / {pct(ws_s.median) if ws_s else '-'}",
+                    fmt_stat(_st(row["cpu_us_per_conn"]), 0),
+                    fmt_ratio(_st(row["vs_pyopenssl"])),
+                ]
+            )
+    lines += table(
+        [
+            "suite",
+            "variant",
+            "connections/s",
+            "handshake ms (client)",
+            "wrap() ms (client)",
+            "wrap share client / server",
+            "client CPU µs per connection",
+            "vs pyOpenSSL",
+        ],
+        body,
+    )
+    for name, caption in pngs:
+        if name == "bench-small.png":
+            lines += ["", f"![{caption}]({name})"]
+    lines += ["", "## Concurrency through `serve`", ""]
+    if summary["conc"]:
+        lines += [
+            f"`python -m ossl_ktls serve` (one thread per connection); N clients (threads of "
+            f"one process) each finish a handshake, then all fetch a "
+            f"{size_label(plan.get('conc_size', MiB))} file at once (HTTP/1.1, "
+            "Connection: close) and drop the ciphertext. Measured: the server process, from the "
+            "moment every handshake is done to the last download's end (clock ticks, all "
+            "threads).",
+            "",
+        ]
+        body = []
+        for suite, rows in summary["conc"].items():
+            base = rows[0]["throughput_mib_s"]["median"] if rows else None
+            for row in rows:
+                tp = _st(row["throughput_mib_s"])
+                body.append(
+                    [
+                        SUITES[suite].label,
+                        str(row["n"]),
+                        fmt_stat(tp, 1),
+                        fmt_stat(_st(row["cpu_s_per_gib"])),
+                        pct(row["user_share"]),
+                        f"{tp.median / base:.2f}x" if tp and base else "-",
+                    ]
+                )
+        lines += table(
+            [
+                "suite",
+                "downloads at once",
+                "aggregate MiB/s",
+                "server CPU s/GiB",
+                "user share",
+                "throughput vs 1",
+            ],
+            body,
+        )
+        kt = {s.get("serve_ktls") for s in raw["samples"] if s["part"] == "conc"}
+        lines += ["", f"serve reported kernel TLS {', '.join(sorted(str(k) for k in kt))}."]
+        for name, caption in pngs:
+            if name == "bench-concurrency.png":
+                lines += ["", f"![{caption}]({name})"]
+    else:
+        lines += ["Not measured in this run. " + " ".join(raw.get("notes", []))]
+    profs = [s for s in raw["samples"] if s["part"] == "prof" and s.get("profile")]
+    if profs:
+        lines += [
+            "",
+            "## Where ossl_ktls's own Python time goes",
+            "",
+            "cProfile of one extra sendfile transfer (the largest size; from the first call to "
+            "the receiver's FIN) and of `wrap()` over the connections of one extra connection "
+            "test, per suite. Profiled timings are inflated by the profiler and are not used "
+            "anywhere else; the call counts and the split between functions are the point. "
+            "System calls show up as the built-in methods that make them (`os.sendfile`, "
+            "`setsockopt`): their time is kernel time.",
+        ]
+        for s in profs:
+            what = "sendfile transfer" if s["variant"] == "ktls_sendfile" else "wrap()"
+            where = SUITES[s["suite"]].label
+            if s["variant"] == "ktls_sendfile":
+                where += f", {size_label(s['size'])}"
+            else:
+                where += f", {s.get('count')} connections"
+            lines += [
+                "",
+                f"<details><summary>{what}: {where}</summary>",
+                "",
+                "```",
+                s["profile"],
+                "```",
+                "",
+                "</details>",
+            ]
+    lines += [
+        "",
+        "## Method",
+        "",
+        f"- Profile `{plan['profile']}`: {plan['reps']} repetitions; bulk sizes "
+        f"{', '.join(size_label(s) for s in plan['tx_sizes'])} (TX), "
+        f"{', '.join(size_label(s) for s in plan['rx_sizes'])} (RX); suites "
+        f"{', '.join(SUITES[s].label for s in plan['suites'])}.",
+        "- Two long-lived worker processes are the endpoints, one measured, one its peer; "
+        "OpenSSL's programs and `serve` are measured from outside through /proc/<pid>.",
+        "- Each repetition runs every variant of a configuration once, in an order rotated "
+        "by one from the previous repetition (interleaved), so that load drifts on the "
+        "shared, emulated machine touch every variant alike.",
+        "- CPU: /proc/<pid>/schedstat run time (ns) for the total of single-threaded "
+        "processes, /proc/<pid>/stat clock ticks for the user/system split (pooled over the "
+        "repetitions) and for multi-threaded `serve`.",
+        "- Under emulation the guest cannot see when the host takes its virtual CPUs away "
+        "(no steal time under TCG): such pauses count as CPU time of whatever was running, "
+        "so on a loaded host CPU figures are about as noisy as timings. Interleaving and "
+        "medians of pairs are the defence; the spread columns show what is left.",
+        "- Certificates: a throwaway ECDSA P-256 key; TLS 1.2 uses "
+        "ECDHE-ECDSA-AES256-GCM-SHA384, TLS 1.3 TLS_AES_128_GCM_SHA256. No session resumption.",
+        "- OpenSSL's C kTLS path: `openssl s_server -WWW -sendfile` with an OPENSSL_CONF "
+        "holding `Options = KTLS`; /proc/net/tls_stat confirms the kernel took TX "
+        "(the row is marked unavailable otherwise).",
+        "- pyOpenSSL rows use a Context without `ossl_ktls.prepare()` (what a pyOpenSSL user "
+        "runs); ossl_ktls rows use `prepare()` + `wrap()` with default options.",
+    ]
+    failed = [(k, v) for k, v in r.failures.items() if any(s["status"] == "error" for s in v)]
+    if failed:
+        lines += ["", "Samples that failed (not counted):", ""]
+        for (part, suite, size, variant), fails in sorted(failed):
+            errs = [f for f in fails if f["status"] == "error"]
+            lines.append(
+                f"- {part} {suite} {size_label(size) if size else ''} {variant}: "
+                f"{len(errs)}x ({errs[0].get('reason', '')[:200]})"
+            )
+    for note in raw.get("notes", []):
+        lines += ["", f"Note: {note}"]
+    return "\n".join(lines) + "\n"
+
+
+def write(raw: Json, out: Path) -> None:
+    """Write benchmarks.json, benchmarks.md and the plots into *out*."""
+    out.mkdir(parents=True, exist_ok=True)
+    r = Results(raw)
+    summary = summarize(r)
+    raw = {**raw, "summary": summary}
+    pngs = plots(r, out)
+    (out / "benchmarks.json").write_text(json.dumps(raw, indent=1) + "\n")
+    (out / "benchmarks.md").write_text(markdown(raw, r, summary, pngs))
