@@ -191,6 +191,13 @@ def calibrate() -> Json:
     return out
 
 
+def commit() -> str:
+    """HEAD, marked when the library's working tree differs from it."""
+    head = _command_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    changed = _command_output(["git", "-C", str(REPO), "status", "--porcelain", "ossl_ktls"])
+    return f"{head} + uncommitted ossl_ktls changes" if head and changed else head
+
+
 def environment() -> Json:
     """Where the figures come from: kernel, CPU, emulation, library versions."""
     caps = ossl_ktls.probe()
@@ -223,8 +230,7 @@ def environment() -> Json:
         "calibration": calibrate(),
         "host_calibration": json.loads(os.environ.get("OSSL_KTLS_BENCH_HOST_CALIBRATION", "null")),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "commit": os.environ.get("OSSL_KTLS_BENCH_COMMIT")
-        or _command_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "commit": os.environ.get("OSSL_KTLS_BENCH_COMMIT") or commit(),
     }
 
 
@@ -840,9 +846,7 @@ def run_in_vm(args: argparse.Namespace) -> int:
     env["OSSL_KTLS_BENCH_HOST_CPU"] = cpu_model()
     env["OSSL_KTLS_BENCH_HOST_KERNEL"] = platform.release()
     env["OSSL_KTLS_BENCH_HOST_CALIBRATION"] = json.dumps(calibrate())
-    env["OSSL_KTLS_BENCH_COMMIT"] = _command_output(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]
-    )
+    env["OSSL_KTLS_BENCH_COMMIT"] = commit()
     log(f"running in the {args.vm} lab kernel: {' '.join(cmd)}")
     status = subprocess.run(cmd, cwd=str(REPO), env=env, check=False).returncode
     if status != 0 or not raw.exists():
