@@ -230,7 +230,7 @@ def run_here(size_mib: int, expect_ktls: bool) -> int:
         say("curl is not installed: the demo needs it (apt-get install curl).")
         return 1
     problems: list[str] = []
-    counters_before = read_tls_stat() or {}
+    counters_before: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="ossl-ktls-demo-") as tmp:
         root = Path(tmp) / "www"
         root.mkdir()
@@ -246,6 +246,7 @@ def run_here(size_mib: int, expect_ktls: bool) -> int:
                 for line in server.stderr:
                     say(f"  {line}")
                 return 1
+            counters_before = read_tls_stat() or {}  # after the server's own probe
             say(
                 f"Serving it with 'python -m ossl_ktls serve' on {ready['url']} "
                 f"(kTLS tx={ready['ktls_tx']} rx={ready['ktls_rx']}; throwaway certificate "
@@ -286,7 +287,7 @@ def run_here(size_mib: int, expect_ktls: bool) -> int:
     }
     if counters_after:
         words = ", ".join(f"{n} +{d}" for n, d in moved.items()) or "no change"
-        say(f"The kernel's own counters (/proc/net/tls_stat) moved: {words}.")
+        say(f"The kernel's own counters (/proc/net/tls_stat) moved during the fetches: {words}.")
     else:
         say("This kernel has no TLS counters (/proc/net/tls_stat): no kernel TLS here.")
     if problems:
