@@ -84,7 +84,7 @@ def vng_command(vmlinuz: str, script: str, args: argparse.Namespace) -> list[str
     vng = shutil.which("vng")
     if vng is None:
         raise SystemExit("vm: vng not found on PATH; install virtme-ng (make setup does)")
-    cmd = [vng, "--run", vmlinuz, "--disable-kvm", "--force-9p"]
+    cmd = [vng, "--run", vmlinuz, "--disable-kvm", "--force-9p", *(["-v"] if args.verbose else [])]
     cmd += ["--memory", args.memory, "--cpus", str(args.cpus)]
     cmd += ["--append", "modprobe.blacklist=" + ",".join(BLACKLIST)]
     for rw in args.rwdir:
@@ -189,14 +189,20 @@ def run(args: argparse.Namespace) -> int:
         f"(QEMU used {cpu:.0f} s of CPU)"
     )
     if status == 255:
-        log(
-            "status 255 usually comes from vng itself, not from the command: the guest "
-            "died or its output channel was lost. Check that udev, qemu-system-x86, "
-            "busybox-static, kmod and cpio are installed (without udev vng cannot find its "
-            "virtio-serial ports), and rerun with the same command to see the guest's output."
-        )
-        if boot is None and not shutil.which("udevadm"):
-            log("udevadm is missing on this host: install the 'udev' package")
+        if boot is None:
+            log(
+                "status 255 came from vng: the guest never reached the command. Check that "
+                "qemu-system-x86, busybox-static, kmod, cpio and udev are installed on the "
+                "host (without udev vng cannot find its virtio-serial ports and loses the "
+                "guest's output and exit status); rerun with --verbose to see the kernel console."
+            )
+            if not shutil.which("udevadm", path=os.environ.get("PATH", "") + ":/sbin:/bin"):
+                log("udevadm is missing on this host: install the 'udev' package")
+        else:
+            log(
+                "status 255: either the command exited 255 or the guest died under it "
+                "(kernel panic, out of memory); rerun with --verbose to see the kernel console."
+            )
     return status
 
 
@@ -233,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="extra environment variable for the guest command; repeatable",
     )
+    parser.add_argument("--verbose", action="store_true", help="show the kernel console (vng -v)")
     parser.add_argument("--memory", default="2G")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
