@@ -198,8 +198,12 @@ def commit() -> str:
     return f"{head} + uncommitted ossl_ktls changes" if head and changed else head
 
 
-def environment() -> Json:
-    """Where the figures come from: kernel, CPU, emulation, library versions."""
+def environment(host: Json) -> Json:
+    """Where the figures come from: kernel, CPU, emulation, library versions.
+
+    *host*: what the ``--vm`` wrapper found out on the host (CPU, kernel, calibration,
+    commit), read from the file it wrote; empty when measuring directly.
+    """
     caps = ossl_ktls.probe()
     with open("/proc/meminfo", encoding="ascii") as f:
         mem_kib = int(f.readline().split()[1])
@@ -212,8 +216,8 @@ def environment() -> Json:
         "cpus": os.cpu_count(),
         "memory_mib": mem_kib // 1024,
         "emulation": emulation(),
-        "host_cpu_model": os.environ.get("OSSL_KTLS_BENCH_HOST_CPU"),
-        "host_kernel": os.environ.get("OSSL_KTLS_BENCH_HOST_KERNEL"),
+        "host_cpu_model": host.get("cpu_model"),
+        "host_kernel": host.get("kernel"),
         "python": platform.python_version(),
         "pyopenssl": importlib.metadata.version("pyOpenSSL"),
         "pyopenssl_openssl": SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(),  # type: ignore[attr-defined]
@@ -228,9 +232,9 @@ def environment() -> Json:
             "repr": repr(caps),
         },
         "calibration": calibrate(),
-        "host_calibration": json.loads(os.environ.get("OSSL_KTLS_BENCH_HOST_CALIBRATION", "null")),
+        "host_calibration": host.get("calibration"),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "commit": os.environ.get("OSSL_KTLS_BENCH_COMMIT") or commit(),
+        "commit": host.get("commit") or commit(),
     }
 
 
@@ -801,7 +805,8 @@ def measure(args: argparse.Namespace) -> Json:
         unknown = set(plan.parts) - set(PARTS)
         if unknown:
             raise SystemExit(f"bench: unknown parts {sorted(unknown)} (known: {PARTS})")
-    env = environment()
+    host: Json = json.loads(Path(args.host_info).read_text()) if args.host_info else {}
+    env = environment(host)
     log(
         f"profile {plan.profile}: kernel {env['kernel']}, {env['cpu_model']}, "
         f"emulation {env['emulation']}, kTLS ulp={env['ktls_probe']['ulp']}"
@@ -829,7 +834,20 @@ def run_in_vm(args: argparse.Namespace) -> int:
     raw = VM_OUT / "raw.json"
     with contextlib.suppress(FileNotFoundError):
         raw.unlink()
-    inner = [sys.executable, "-m", "bench", "--raw", str(raw)]
+    # Host facts go through a file: the guest command's environment ends up on the
+    # guest kernel's command line, which has a hard length limit (2048 bytes on x86).
+    host_info = VM_OUT / "host.json"
+    host_info.write_text(
+        json.dumps(
+            {
+                "cpu_model": cpu_model(),
+                "kernel": platform.release(),
+                "calibration": calibrate(),
+                "commit": commit(),
+            }
+        )
+    )
+    inner = [sys.executable, "-m", "bench", "--raw", str(raw), "--host-info", str(host_info)]
     if args.reps:
         inner += ["--reps", str(args.reps)]
     if args.parts:
@@ -842,13 +860,8 @@ def run_in_vm(args: argparse.Namespace) -> int:
         inner.append("--allow-fallback")
     cmd = [sys.executable, "-m", "interop.vm", "--series", args.vm]
     cmd += ["--timeout", str(args.vm_timeout), "--rwdir", str(VM_OUT), "--", *inner]
-    env = dict(os.environ)
-    env["OSSL_KTLS_BENCH_HOST_CPU"] = cpu_model()
-    env["OSSL_KTLS_BENCH_HOST_KERNEL"] = platform.release()
-    env["OSSL_KTLS_BENCH_HOST_CALIBRATION"] = json.dumps(calibrate())
-    env["OSSL_KTLS_BENCH_COMMIT"] = commit()
     log(f"running in the {args.vm} lab kernel: {' '.join(cmd)}")
-    status = subprocess.run(cmd, cwd=str(REPO), env=env, check=False).returncode
+    status = subprocess.run(cmd, cwd=str(REPO), check=False).returncode
     if status != 0 or not raw.exists():
         log(f"the VM run failed (status {status}); no report written")
         return status or 1
@@ -885,6 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DOCS), help="report folder (default: docs/)")
     p.add_argument("--raw", metavar="FILE", help="only measure; write the raw results here")
     p.add_argument("--report-only", metavar="FILE", help="only write the report from this JSON")
+    p.add_argument("--host-info", metavar="FILE", help=argparse.SUPPRESS)
     return p
 
 
