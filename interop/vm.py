@@ -22,8 +22,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import IO
 
 from interop import kernels
@@ -72,10 +74,16 @@ def guest_env(series: str, extra: list[str]) -> dict[str, str]:
 
 
 def guest_script(cwd: str, env: dict[str, str], cmd: list[str]) -> str:
-    """The shell line vng runs in the guest: announce readiness, cd, exec CMD."""
-    assigns = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
+    """The guest's shell script: announce readiness, cd, exec CMD with its environment.
+
+    It goes into a file, not onto ``--exec``: vng passes ``--exec`` on the kernel command
+    line, which x86 caps at 2048 bytes, and a long PATH or pytest arguments would overflow it
+    (the kernel then silently truncates, losing ``init=``).
+    """
+    assigns = " \\\n    ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
     return (
-        f"echo {READY.decode()} >&2; cd {shlex.quote(cwd)} && exec env {assigns} {shlex.join(cmd)}"
+        f"#!/bin/sh\necho {READY.decode()} >&2\ncd {shlex.quote(cwd)} || exit 126\n"
+        f"exec env \\\n    {assigns} \\\n    {shlex.join(cmd)}\n"
     )
 
 
@@ -111,6 +119,7 @@ class Pump(threading.Thread):
                     if line.strip() == READY and self.ready_at is None:
                         self.ready_at = time.monotonic()
                         self.ready.set()
+                        kept.append(b"vm: guest is up, running the command\n")
                     else:
                         kept.append(line + b"\n")
                 if self.ready_at is not None:
@@ -143,8 +152,16 @@ def run(args: argparse.Namespace) -> int:
     for rw in args.rwdir:
         os.makedirs(rw, exist_ok=True)
     env = guest_env(args.series, args.env)
-    script = guest_script(os.getcwd(), env, args.cmd)
-    cmd = vng_command(str(kernel.vmlinuz), script, args)
+    # The host's root, so this folder too, is the guest's root (read-only, same user).
+    with tempfile.TemporaryDirectory(prefix="ossl-ktls-vm-") as tmp:
+        script = Path(tmp, "run.sh")
+        script.write_text(guest_script(os.getcwd(), env, args.cmd))
+        cmd = vng_command(str(kernel.vmlinuz), f"sh {shlex.quote(str(script))}", args)
+        return boot(kernel, cmd, args)
+
+
+def boot(kernel: kernels.Kernel, cmd: list[str], args: argparse.Namespace) -> int:
+    """Run vng, stream its output, enforce the timeout; return the status."""
     log(f"booting {kernel.release} (series {args.series}, TCG, timeout {args.timeout:.0f} s)")
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -182,14 +199,14 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime
-    boot = pumps[1].ready_at - started if pumps[1].ready_at is not None else None
-    boot_text = f"booted in {boot:.1f} s, " if boot is not None else "never became ready, "
+    up = pumps[1].ready_at - started if pumps[1].ready_at is not None else None
+    up_text = f"booted in {up:.1f} s, " if up is not None else "never became ready, "
     log(
-        f"{kernel.release}: {boot_text}exit status {status} after {elapsed:.1f} s "
+        f"{kernel.release}: {up_text}exit status {status} after {elapsed:.1f} s "
         f"(QEMU used {cpu:.0f} s of CPU)"
     )
     if status == 255:
-        if boot is None:
+        if up is None:
             log(
                 "status 255 came from vng: the guest never reached the command. Check that "
                 "qemu-system-x86, busybox-static, kmod, cpio and udev are installed on the "
