@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -453,6 +454,7 @@ class Bench:
         self.a: Worker | None = None
         self.b: Worker | None = None
         self.started = time.monotonic()
+        self.checkpoint: Callable[[], object] | None = None
 
     def _write_payload(self, size: int) -> None:
         with open(self.payload_dir / f"payload-{size}", "wb") as f:
@@ -486,6 +488,11 @@ class Bench:
                 w.close()
         self.log_file.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def save(self) -> None:
+        if self.checkpoint is not None:
+            with contextlib.suppress(OSError):
+                self.checkpoint()
 
     # -- one sample
 
@@ -600,12 +607,15 @@ class Bench:
                         for variant in rotated(CONN_VARIANTS, rep + k):
                             self.conn_sample(rep, suite, variant)
                         k += 1
+                self.save()
             for server in servers.values():
                 server.stop()
             if "prof" in plan.parts:
                 self.profiles()
+                self.save()
             if "conc" in plan.parts:
                 self.concurrency(serves)
+                self.save()
         finally:
             for server in servers.values():
                 server.stop()
@@ -813,27 +823,36 @@ def measure(args: argparse.Namespace) -> Json:
     )
     started = time.time()
     bench = Bench(plan, args.allow_fallback)
+
+    def results() -> Json:
+        return {
+            "schema": 1,
+            "environment": env,
+            "plan": asdict(plan),
+            "allow_fallback": args.allow_fallback,
+            "duration_s": time.time() - started,
+            "notes": bench.notes,
+            "samples": bench.samples,
+        }
+
+    if args.raw:
+        # A run killed from outside still leaves what it measured.
+        partial = Path(args.raw + ".partial")
+        bench.checkpoint = lambda: partial.write_text(json.dumps(results()))
     try:
         bench.run()
     finally:
         bench.close()
-    return {
-        "schema": 1,
-        "environment": env,
-        "plan": asdict(plan),
-        "allow_fallback": args.allow_fallback,
-        "duration_s": time.time() - started,
-        "notes": bench.notes,
-        "samples": bench.samples,
-    }
+    return results()
 
 
 def run_in_vm(args: argparse.Namespace) -> int:
     """Measure inside the lab kernel (interop.vm), then write the report here."""
     VM_OUT.mkdir(parents=True, exist_ok=True)
     raw = VM_OUT / "raw.json"
-    with contextlib.suppress(FileNotFoundError):
-        raw.unlink()
+    for stale in (raw, Path(str(raw) + ".partial")):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     # Host facts go through a file: the guest command's environment ends up on the
     # guest kernel's command line, which has a hard length limit (2048 bytes on x86).
     host_info = VM_OUT / "host.json"
@@ -864,6 +883,9 @@ def run_in_vm(args: argparse.Namespace) -> int:
     status = subprocess.run(cmd, cwd=str(REPO), check=False).returncode
     if status != 0 or not raw.exists():
         log(f"the VM run failed (status {status}); no report written")
+        partial = Path(str(raw) + ".partial")
+        if partial.exists():
+            log(f"what it measured before it stopped is in {partial} (--report-only takes it)")
         return status or 1
     results = json.loads(raw.read_text())
     results["command"] = "python -m bench " + " ".join(sys.argv[1:])
