@@ -1,8 +1,8 @@
 """Run the whole tox matrix and summarise it: ``python -m interop.matrix``.
 
 Fetches every kernel first (so the kernel environments boot the newest packages), then
-runs ``lint``, ``type``, ``host`` and the four ``kernel-*`` environments in order, each to
-the end even when an earlier one failed, and prints one line per environment: kernel
+runs ``lint``, ``type``, ``host``, then the four ``kernel-*`` environments two at a time
+(``--jobs``), each to the end even when another failed, and prints one line per environment: kernel
 release, passed/failed/skipped/errors from its JUnit report, wall time. The summary is
 also written to ``reports/matrix.json``. The exit status is non-zero when any
 environment failed.
@@ -11,6 +11,7 @@ environment failed.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import importlib.util
 import json
 import os
@@ -74,8 +75,8 @@ def read_junit(path: Path) -> tuple[dict[str, int], str]:
     return counts, release
 
 
-def run_env(env: str, tox: list[str], posargs: list[str]) -> Result:
-    """Run one tox environment, streaming its output; never raise."""
+def run_env(env: str, tox: list[str], posargs: list[str], log: Path | None = None) -> Result:
+    """Run one tox environment, streaming its output (or into *log*); never raise."""
     result = Result(env)
     junit = REPORTS / f"junit-{env}.xml"
     junit.unlink(missing_ok=True)
@@ -85,7 +86,18 @@ def run_env(env: str, tox: list[str], posargs: list[str]) -> Result:
     print(f"\n{banner:=<100}", flush=True)
     started = time.monotonic()
     try:
-        result.status = subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False).returncode
+        if log is None:
+            result.status = subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False).returncode
+        else:
+            with log.open("wb") as out:
+                result.status = subprocess.run(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    check=False,
+                ).returncode
+            print(f"{banner:=<100}\n{log.read_text(errors='replace')}", flush=True)
     except OSError as exc:
         result.note = f"could not run tox: {exc}"
     result.seconds = time.monotonic() - started
@@ -131,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m interop.matrix", description=__doc__)
     parser.add_argument("--envs", default=",".join(ENVS), help="comma-separated subset")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=int(os.environ.get("OSSL_KTLS_JOBS", "2")),
+        help="kernel environments booted at once (default 2, or $OSSL_KTLS_JOBS)",
+    )
+    parser.add_argument(
         "posargs", nargs="*", help="pytest arguments for the host and kernel envs (after --)"
     )
     args = parser.parse_args(argv)
@@ -153,8 +171,31 @@ def main(argv: list[str] | None = None) -> int:
         fetch.seconds = time.monotonic() - t0
         results.append(fetch)
     tox = tox_command()
+    kernel_envs = [e for e in envs if e.startswith("kernel-")]
     for env in envs:
-        results.append(run_env(env, tox, args.posargs))
+        if env not in kernel_envs:
+            results.append(run_env(env, tox, args.posargs))
+    if kernel_envs:
+        # Create every kernel venv first, one after the other (they share tox's package
+        # build), then boot the kernels args.jobs at a time: under TCG each guest keeps
+        # about one host core busy, and this machine has two.
+        subprocess.run(
+            [*tox, "run", "--notest", "-e", ",".join(kernel_envs)],
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            futures = [
+                pool.submit(
+                    run_env,
+                    env,
+                    [*tox, "--skip-pkg-install"],
+                    args.posargs,
+                    None if args.jobs <= 1 else REPORTS / f"{env}.log",
+                )
+                for env in kernel_envs
+            ]
+            results += [f.result() for f in futures]
     total = time.monotonic() - started
     table = summary(results, total)
     print(f"\n{'==== summary ':=<100}\n{table}", flush=True)

@@ -88,8 +88,8 @@ def test_byte_by_byte(proxied: object, version: str, rx: bool) -> None:
     reader driven by select(): a split record never blocks it and never loses a byte."""
     k, server, proxy = proxied(version, rx)  # type: ignore[operator]
     proxy.arm("split")
-    data = os.urandom(3000)
-    p = Peer(lambda: (server.sendall(data[:1500]), server.sendall(data[1500:])))
+    data = os.urandom(1200)
+    p = Peer(lambda: (server.sendall(data[:600]), server.sendall(data[600:])))
     k.setblocking(False)
     got = bytearray()
     while len(got) < len(data):
