@@ -35,7 +35,7 @@ REQUIREMENTS=(
 )
 
 is_debian() {
-  [ -r /etc/os-release ] && . /etc/os-release && [ "${ID:-}" = debian ]
+  [ -r /etc/os-release ] && (. /etc/os-release && [ "${ID:-}" = debian ])
 }
 
 have_pkg() { # installed according to dpkg (Debian) - busybox must be the static build
@@ -69,7 +69,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     for req in "${REQUIREMENTS[@]}"; do
       pkg=${req%%:*}
       for m in "${missing[@]}"; do
-        [ "$m" = "$pkg" ] && say "  - $pkg (provides: ${req#*:})"
+        probe=${req#*:}
+        [ "${probe#py:}" != "$probe" ] && probe="$PYTHON -c '${probe#py:}'"
+        [ "$m" = "$pkg" ] && say "  - $pkg (for: $probe)"
       done
     done
     say "on Debian 12, as root: apt-get install -y --no-install-recommends ${missing[*]}"

@@ -132,6 +132,14 @@ class Pump(threading.Thread):
         self.dst.flush()
 
 
+class Terminated(Exception):
+    """We were asked to stop (SIGTERM, SIGHUP) while a guest ran."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """Kill vng and its QEMU (they share a process group)."""
     for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
@@ -180,8 +188,20 @@ def boot(kernel: kernels.Kernel, cmd: list[str], args: argparse.Namespace) -> in
     ]
     for p in pumps:
         p.start()
+
+    def _terminate(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    # vng runs in its own session (so a timeout can kill QEMU with it): pass on a
+    # SIGTERM/SIGHUP sent to us, or QEMU would outlive us.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     try:
         status = proc.wait(timeout=args.timeout)
+    except Terminated as exc:
+        _stop(proc)
+        log(f"stopped the {kernel.release} guest: got signal {exc.signum}")
+        return 128 + exc.signum
     except subprocess.TimeoutExpired:
         _stop(proc)
         for p in pumps:
