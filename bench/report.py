@@ -1002,6 +1002,13 @@ def markdown(raw: Json, r: Results, summary: Json, pngs: list[tuple[str, str]]) 
                 f"- {part} {suite} {size_label(size) if size else ''} {variant}: "
                 f"{len(errs)}x ({errs[0].get('reason', '')[:200]})"
             )
+    if raw.get("boots"):
+        lines += [
+            "",
+            f"Note: the guest was stopped from outside during the run; it was booted again "
+            f"and the run resumed after its last complete repetition ({len(raw['boots'])} "
+            "boots). Each repetition, and so each pair behind a ratio, comes from one boot.",
+        ]
     for note in raw.get("notes", []):
         lines += ["", f"Note: {note}"]
     return "\n".join(lines) + "\n"

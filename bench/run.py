@@ -553,12 +553,13 @@ class Bench:
 
     # -- parts
 
-    def run(self) -> None:
+    def run(self, first_rep: int = 0, done: frozenset[str] = frozenset()) -> None:
+        """Measure repetitions *first_rep*.. and every part not in *done* (resuming)."""
         plan = self.plan
         servers: dict[tuple[str, str], SServer] = {}
         serves: dict[str, Serve] = {}
         try:
-            if "conc" in plan.parts and _has_serve():
+            if "conc" in plan.parts and "conc" not in done and _has_serve():
                 for suite in plan.conc_suites:
                     serves[suite] = Serve(
                         suite, self.certs, self.payload_dir, max(plan.conc_levels), self.log_file
@@ -585,7 +586,7 @@ class Bench:
                     if "rx" in plan.parts:
                         for variant in RX_VARIANTS:
                             self.rx_sample(-1, suite, plan.warmup_size, variant)
-            for rep in range(plan.reps):
+            for rep in range(first_rep, plan.reps):
                 log(f"repetition {rep + 1} of {plan.reps}")
                 k = 0
                 for suite in plan.suites:
@@ -610,10 +611,10 @@ class Bench:
                 self.save()
             for server in servers.values():
                 server.stop()
-            if "prof" in plan.parts:
+            if "prof" in plan.parts and "prof" not in done:
                 self.profiles()
                 self.save()
-            if "conc" in plan.parts:
+            if "conc" in plan.parts and "conc" not in done:
                 self.concurrency(serves)
                 self.save()
         finally:
@@ -815,6 +816,10 @@ def measure(args: argparse.Namespace) -> Json:
         unknown = set(plan.parts) - set(PARTS)
         if unknown:
             raise SystemExit(f"bench: unknown parts {sorted(unknown)} (known: {PARTS})")
+    previous: Json | None = None
+    if args.resume and Path(args.resume).exists():
+        previous = json.loads(Path(args.resume).read_text())
+        plan = Plan(**previous["plan"])
     host: Json = json.loads(Path(args.host_info).read_text()) if args.host_info else {}
     env = environment(host)
     log(
@@ -823,24 +828,39 @@ def measure(args: argparse.Namespace) -> Json:
     )
     started = time.time()
     bench = Bench(plan, args.allow_fallback)
+    boots = [env]
+    first_rep, done, spent = 0, frozenset[str](), 0.0
+    if previous is not None:
+        # Whole repetitions only: a repetition's pairs always come from one boot.
+        bench.samples = list(previous["samples"])
+        bench.notes = list(previous.get("notes", []))
+        boots = [*previous.get("boots", [previous["environment"]]), env]
+        reps = {s["rep"] for s in bench.samples if s["part"] in ("tx", "rx", "rr", "conn")}
+        first_rep = len(reps)
+        done = frozenset(s["part"] for s in bench.samples if s["part"] in ("prof", "conc"))
+        spent = float(previous.get("duration_s", 0.0))
+        log(f"resuming {args.resume}: repetition {first_rep + 1} on, done: {sorted(done)}")
 
     def results() -> Json:
-        return {
+        out: Json = {
             "schema": 1,
-            "environment": env,
+            "environment": boots[0],
             "plan": asdict(plan),
             "allow_fallback": args.allow_fallback,
-            "duration_s": time.time() - started,
+            "duration_s": spent + time.time() - started,
             "notes": bench.notes,
             "samples": bench.samples,
         }
+        if len(boots) > 1:
+            out["boots"] = boots
+        return out
 
     if args.raw:
         # A run killed from outside still leaves what it measured.
         partial = Path(args.raw + ".partial")
         bench.checkpoint = lambda: partial.write_text(json.dumps(results()))
     try:
-        bench.run()
+        bench.run(first_rep, done)
     finally:
         bench.close()
     return results()
@@ -866,7 +886,9 @@ def run_in_vm(args: argparse.Namespace) -> int:
             }
         )
     )
+    partial = Path(str(raw) + ".partial")
     inner = [sys.executable, "-m", "bench", "--raw", str(raw), "--host-info", str(host_info)]
+    inner += ["--resume", str(partial)]  # only used when an earlier boot left one
     if args.reps:
         inner += ["--reps", str(args.reps)]
     if args.parts:
@@ -879,11 +901,16 @@ def run_in_vm(args: argparse.Namespace) -> int:
         inner.append("--allow-fallback")
     cmd = [sys.executable, "-m", "interop.vm", "--series", args.vm]
     cmd += ["--timeout", str(args.vm_timeout), "--rwdir", str(VM_OUT), "--", *inner]
-    log(f"running in the {args.vm} lab kernel: {' '.join(cmd)}")
-    status = subprocess.run(cmd, cwd=str(REPO), check=False).returncode
+    status = 1
+    for attempt in range(1 + args.vm_retries):
+        if attempt:
+            log(f"the guest stopped early (status {status}); boot {attempt + 1}, resuming")
+        log(f"running in the {args.vm} lab kernel: {' '.join(cmd)}")
+        status = subprocess.run(cmd, cwd=str(REPO), check=False).returncode
+        if status == 0 and raw.exists():
+            break
     if status != 0 or not raw.exists():
         log(f"the VM run failed (status {status}); no report written")
-        partial = Path(str(raw) + ".partial")
         if partial.exists():
             log(f"what it measured before it stopped is in {partial} (--report-only takes it)")
         return status or 1
@@ -908,6 +935,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--vm", metavar="SERIES", help="run inside this lab kernel (e.g. 7.2) under TCG")
     p.add_argument("--vm-timeout", type=float, default=2400.0, help="seconds (default 2400)")
+    p.add_argument(
+        "--vm-retries",
+        type=int,
+        default=2,
+        help="boot again and resume after whole repetitions when the guest is stopped "
+        "from outside (default 2)",
+    )
+    p.add_argument("--resume", metavar="FILE", help="continue a run from its checkpoint")
     p.add_argument("--full", action="store_true", help="sizes up to 1 GiB (real hosts only)")
     p.add_argument("--profile", choices=["quick", "tcg", "native", "full"], help="preset sizes")
     p.add_argument("--reps", type=int, help="repetitions (default: the profile's)")
