@@ -45,7 +45,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any, BinaryIO, Literal
 
 from OpenSSL import SSL
@@ -917,16 +917,19 @@ class KTLSConnection:
         if self._sock.fileno() < 0:
             return
         buf = memoryview(self._scratch)
-        for _ in range(256):
-            try:
-                if self.ktls_rx:
-                    n, _t = uapi.recv_record_into(self._sock, buf, socket.MSG_DONTWAIT)
-                else:
-                    n = self._sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
-            except OSError:
-                return
-            if n == 0:
-                return
+        # Python waits out a socket timeout before recv even with MSG_DONTWAIT: switch
+        # the socket to non-blocking for the drain instead.
+        with _nonblocking(self._sock):
+            for _ in range(256):
+                try:
+                    if self.ktls_rx:
+                        n, _t = uapi.recv_record_into(self._sock, buf)
+                    else:
+                        n = self._sock.recv_into(buf)
+                except OSError:
+                    return
+                if n == 0:
+                    return
 
     def __enter__(self) -> KTLSConnection:
         return self
@@ -1160,10 +1163,23 @@ def wrap(
     return k
 
 
+@contextlib.contextmanager
+def _nonblocking(sock: socket.socket) -> Iterator[None]:
+    """Make *sock* non-blocking for a moment (its timeout is restored after)."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
+
+
 def _peek_record_boundary(sock: socket.socket) -> bool:
     """Whether the bytes waiting on *sock* (if any) start with a plausible TLS header."""
     try:
-        head = sock.recv(5, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        with _nonblocking(sock):
+            head = sock.recv(5, socket.MSG_PEEK)
     except (BlockingIOError, InterruptedError):
         return True
     except OSError:
