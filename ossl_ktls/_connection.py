@@ -499,6 +499,7 @@ class KTLSConnection:
                     err2.bytes_sent = sent  # type: ignore[attr-defined]
                     raise err2
                 sent += n
+                deadline = _deadline(self._sock)  # per wait, like socket.sendfile
                 self._count_tx(n)
             self._more_pending = False
         return sent
