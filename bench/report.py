@@ -240,6 +240,8 @@ def bulk_rows(r: Results, part: str, suite: str, size: int) -> list[Json]:
                 "kernel_rx": any(s.get("ktls_rx") for s in ss),
             }
         )
+        if v == "openssl_c_ktls":
+            entry["s_server_sendfile"] = all(s.get("s_server_sendfile") for s in ss)
         for name, ref in (("vs_user", REF_USER[part]), ("vs_c", REF_C[part])):
             t = r.ratio(part, suite, size, v, ref, throughput)
             c = r.ratio(part, suite, size, v, ref, cpu_per_gib)
@@ -326,7 +328,14 @@ def targets(r: Results) -> list[Json]:
             w = r.stat("conn", suite, 0, "conn_ktls", metric)
             ok = None if w is None else w.median < TARGET_WRAP
             detail = ""
-            if w is not None and factors and factors[0] > factors[1] * 1.5:
+            host = (r.env.get("host_wrap_estimate") or {}).get(suite)
+            if host:
+                detail = (
+                    f"host estimate, client side (no kTLS there: kernel calls skipped, the rest "
+                    f"of wrap() real): {host['wrap_ms']:.2f} ms = {pct(host['wrap_share'])} of a "
+                    f"{host['prepared_handshake_ms']:.2f} ms client handshake"
+                )
+            elif w is not None and factors and factors[0] > factors[1] * 1.5:
                 scaled = w.median * factors[1] / factors[0]
                 detail = (
                     f"wrap() is Python, the handshake mostly C: here Python is slowed "
@@ -673,9 +682,14 @@ def bulk_section(r: Results, summary: Json, part: str) -> list[str]:
                     continue
                 tp = e["throughput_mib_s"]
                 kern = [d for d, on in (("TX", e["kernel_tx"]), ("RX", e["kernel_rx"])) if on]
+                label = e["label"] + (f" *(kernel {'+'.join(kern)})*" if kern else "")
+                if e.get("s_server_sendfile") is True:
+                    label += " *(SSL_sendfile confirmed)*"
+                elif e.get("s_server_sendfile") is False:
+                    label += " *(s_server fell back to SSL_write)*"
                 body.append(
                     [
-                        e["label"] + (f" *(kernel {'+'.join(kern)})*" if kern else ""),
+                        label,
                         fmt_stat(Stat(tp["median"], tp["min"], tp["max"], tp["n"]), 1),
                         fmt_stat(_st(e["cpu_s_per_gib"])),
                         f"{fmt(e['user_s_per_gib'])} / {fmt(e['sys_s_per_gib'])}",
@@ -888,6 +902,24 @@ def markdown(raw: Json, r: Results, summary: Json, pngs: list[tuple[str, str]]) 
         ],
         body,
     )
+    est = r.env.get("host_wrap_estimate")
+    if est:
+        parts = [
+            f"{SUITES[k].label}: `prepare()` adds {pct(v['prepare_overhead'])} to a "
+            f"{v['handshake_ms']:.2f} ms client handshake, `wrap()` takes "
+            f"{v['wrap_ms']:.2f} ms ({pct(v['wrap_share'])} of the prepared handshake)"
+            for k, v in est.items()
+            if k in SUITES
+        ]
+        lines += [
+            "",
+            "The same costs on the host CPU, where the balance between Python and C is the "
+            "real one (`bench/wrap_cost.py`; the host has no kTLS, so the kernel calls of "
+            "`wrap()` are skipped and their cost comes on top; medians of "
+            f"{next(iter(est.values()))['n']} handshakes against a plain pyOpenSSL server): "
+            + "; ".join(parts)
+            + ".",
+        ]
     for name, caption in pngs:
         if name == "bench-small.png":
             lines += ["", f"![{caption}]({name})"]
@@ -989,7 +1021,8 @@ def markdown(raw: Json, r: Results, summary: Json, pngs: list[tuple[str, str]]) 
         "ECDHE-ECDSA-AES256-GCM-SHA384, TLS 1.3 TLS_AES_128_GCM_SHA256. No session resumption.",
         "- OpenSSL's C kTLS path: `openssl s_server -WWW -sendfile` with an OPENSSL_CONF "
         "holding `Options = KTLS`; /proc/net/tls_stat confirms the kernel took TX "
-        "(the row is marked unavailable otherwise).",
+        "(the row is marked unavailable otherwise) and s_server's own \"KTLS SENDFILE ... "
+        'OK" line that `SSL_sendfile` was used.',
         "- pyOpenSSL rows use a Context without `ossl_ktls.prepare()` (what a pyOpenSSL user "
         "runs); ossl_ktls rows use `prepare()` + `wrap()` with default options.",
     ]

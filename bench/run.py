@@ -43,6 +43,7 @@ from typing import IO, Any
 from OpenSSL import SSL
 
 import ossl_ktls
+from bench import wrap_cost
 from bench.common import (
     HOST,
     IO_TIMEOUT,
@@ -234,6 +235,7 @@ def environment(host: Json) -> Json:
         },
         "calibration": calibrate(),
         "host_calibration": host.get("calibration"),
+        "host_wrap_estimate": host.get("wrap_estimate"),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "commit": host.get("commit") or commit(),
     }
@@ -341,28 +343,39 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
 class SServer:
     """A long-lived ``openssl s_server -WWW`` serving the payload folder."""
 
-    def __init__(
-        self, suite: str, certs: Certs, root: Path, conf: Path | None, log_file: IO[bytes]
-    ):
+    def __init__(self, suite: str, certs: Certs, root: Path, conf: Path | None, log: Path):
         self.port = free_port()
+        # Not -quiet: s_server then says "KTLS SENDFILE '<file>' OK" for each response
+        # really sent with SSL_sendfile (and warns when it falls back to SSL_write).
         argv = ["openssl", "s_server", "-accept", f"{HOST}:{self.port}"]
         argv += ["-cert", certs.cert, "-key", certs.key, *openssl_suite_args(SUITES[suite])]
-        argv += ["-WWW", "-quiet", "-http_server_binmode"]
+        argv += ["-WWW", "-http_server_binmode"]
         env = dict(os.environ)
         env.pop("OPENSSL_CONF", None)
         if conf is not None:
             argv.append("-sendfile")
             env["OPENSSL_CONF"] = str(conf)
         self.argv = argv
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=str(root),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            start_new_session=True,
-        )
+        self.log = log
+        self._seen = 0
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=str(root),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+
+    def new_output(self) -> str:
+        """What s_server printed since the last call."""
+        with open(self.log, "rb") as f:
+            f.seek(self._seen)
+            data = f.read()
+        self._seen += len(data)
+        return data.decode(errors="replace")
 
     def ready(self) -> None:
         deadline = time.monotonic() + 120
@@ -390,6 +403,9 @@ class Serve:
         argv += ["--port", "0", "--cert", certs.cert, "--key", certs.key, "--quiet"]
         argv += ["--tls", s.version, "--cipher", s.kernel_cipher]
         argv += ["--max-clients", str(max_clients)]
+        # Handshakes of 64 clients take minutes under TCG: connections that finished
+        # early wait for the others without being dropped as idle.
+        argv += ["--timeout", "900"]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
@@ -566,12 +582,14 @@ class Bench:
                     )
             if "tx" in plan.parts:
                 for suite in plan.suites:
-                    servers[(suite, "openssl_c_ktls")] = SServer(
-                        suite, self.certs, self.payload_dir, self.ktls_conf, self.log_file
-                    )
-                    servers[(suite, "openssl_c_user")] = SServer(
-                        suite, self.certs, self.payload_dir, None, self.log_file
-                    )
+                    for kind, conf in (
+                        ("openssl_c_ktls", self.ktls_conf),
+                        ("openssl_c_user", None),
+                    ):
+                        log_path = self.tmp / f"s_server-{suite}-{kind}.log"
+                        servers[(suite, kind)] = SServer(
+                            suite, self.certs, self.payload_dir, conf, log_path
+                        )
             self.workers()
             for server in servers.values():
                 server.ready()
@@ -665,7 +683,13 @@ class Bench:
                 "pid": server.proc.pid,
                 "expect_ktls": variant == "openssl_c_ktls",
             }
-            self.record(base, self.single("B", cmd))
+            server.new_output()
+            result = self.single("B", cmd)
+            said = server.new_output()
+            result["s_server_sendfile"] = "KTLS SENDFILE" in said
+            if "sendfile requested but KTLS is not available" in said:
+                result["s_server_note"] = "s_server fell back from SSL_sendfile to SSL_write"
+            self.record(base, result)
             return
         a, _ = self.workers()
         tls = variant != "tcp_sendfile"
@@ -882,6 +906,7 @@ def run_in_vm(args: argparse.Namespace) -> int:
                 "cpu_model": cpu_model(),
                 "kernel": platform.release(),
                 "calibration": calibrate(),
+                "wrap_estimate": wrap_cost.estimate(),
                 "commit": commit(),
             }
         )
