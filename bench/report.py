@@ -453,6 +453,11 @@ def plots(r: Results, out: Path) -> list[tuple[str, str]]:
         for col, suite in enumerate(suites):
             ax = axes[0][col]
             width = 0.8 / len(variants)
+            if not any(r.samples(part, suite, sz, v) for sz in sizes for v in variants):
+                for a in (ax, axes[1][col]):
+                    a.set_axis_off()
+                ax.text(0.5, 0.5, f"{SUITES[suite].label}: not measured", ha="center")
+                continue
             for i, v in enumerate(variants):
                 meds, errs_lo, errs_hi, xs = [], [], [], []
                 for j, size in enumerate(sizes):
@@ -515,6 +520,10 @@ def plots(r: Results, out: Path) -> list[tuple[str, str]]:
         ):
             size = r.plan.get("rr_msg", 1024) if part == "rr" else 0
             width = 0.8 / max(1, len(suites))
+            if not any(r.samples(part, su, size, v) for su in suites for v in variants):
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"{ylabel}: not measured", ha="center", transform=ax.transAxes)
+                continue
             for k, suite in enumerate(suites):
                 xs, meds, lo, hi = [], [], [], []
                 for i, v in enumerate(variants):
