@@ -757,13 +757,7 @@ def _hand_over(
         return ossl_ktls.wrap(conn, **wrap_kwargs)  # type: ignore[arg-type]
     sock.settimeout(timeout)
     _handshake(conn, sock, timeout)
-    # wrap() with the handshake done: only the hand-over is left, which must not wait for
-    # anything. A blocking socket keeps wrap()'s "is a record waiting?" peek from waiting
-    # for the peer (see connect()); every later call gets the timeout back.
-    sock.settimeout(None)
-    k = ossl_ktls.wrap(conn, **wrap_kwargs)  # type: ignore[arg-type]
-    k.settimeout(timeout)
-    return k
+    return ossl_ktls.wrap(conn, **wrap_kwargs)  # type: ignore[arg-type]
 
 
 def connect(
@@ -772,19 +766,16 @@ def connect(
     *,
     timeout: float = TIMEOUT,
     session: SSL.Session | None = None,
-    handshake_first: bool = True,
+    handshake_first: bool = False,
     **wrap_kwargs: object,
 ) -> ossl_ktls.KTLSConnection:
     """Connect to a peer on loopback as a TLS client and hand over (``wrap``).
 
     *session* (an earlier connection's ``get_session()``) is offered for resumption.
 
-    By default the handshake is done first (pyOpenSSL, socket with *timeout*), then
-    ``wrap()`` hands over with the socket briefly blocking: ``wrap()`` on a socket with a
-    timeout waits for the peer's first bytes (up to the whole timeout) when TLS 1.2 RX
-    can go to the kernel (library bug, see ``test_wrap_does_not_wait_for_the_peer``),
-    and most peers here say nothing first. ``handshake_first=False`` lets ``wrap()``
-    run the handshake itself on the socket with *timeout*.
+    By default ``wrap()`` runs the handshake itself on the socket with *timeout* (the
+    usual way). ``handshake_first=True`` does the handshake with pyOpenSSL first and
+    hands an established session over (the other documented way).
     """
     sock = socket.create_connection((HOST, port), timeout=timeout)
     try:
@@ -814,7 +805,7 @@ class Listener:
         ctx: SSL.Context,
         *,
         timeout: float = TIMEOUT,
-        handshake_first: bool = True,
+        handshake_first: bool = False,
         **wrap_kwargs: object,
     ) -> ossl_ktls.KTLSConnection:
         """Accept one connection as a TLS server and hand over (``wrap``); see :func:`connect`."""

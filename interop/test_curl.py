@@ -53,8 +53,7 @@ class Served:
 def _serve_one(listener: Listener, ctx: SSL.Context, body_file: Path, served: Served) -> None:
     """Accept one connection, read one HTTP/1.1 request, answer it with *body_file*."""
     try:
-        # wrap() runs the handshake itself here, on a socket with a timeout: curl talks first.
-        k = listener.accept(ctx, handshake_first=False)
+        k = listener.accept(ctx)
         served.conn = k
         reader = k.makefile("rb")
         served.request_line = reader.readline(8192)

@@ -71,7 +71,7 @@ def test_client_against_gnutls_serv(
     version: str,
     cipher: str,
 ) -> None:
-    """ossl_ktls client <-> ``gnutls-serv --echo``, one version and bulk cipher allowed.
+    """ossl_ktls client <-> ``gnutls-serv --echo``; the handshake done before ``wrap()``.
 
     Contract: declared handover path; 1 MiB sent in 64 KiB chunks (``sendall`` and
     ``sendfile`` alternately) comes back from GnuTLS byte for byte (size and SHA-256),
@@ -83,9 +83,11 @@ def test_client_against_gnutls_serv(
         SERV, lambda p: gnutls_serv_argv(p, certs, version, cipher), stdout="log"
     )
     tickets: list[bytes] = []
+    # The handshake done by pyOpenSSL first, then handed over (wrap()'s other way in).
     k = connect(
         client_context(certs, version, cipher),
         port,
+        handshake_first=True,
         ticket_callback=lambda _k, raw: tickets.append(raw),
     )
     peers.track(k)
@@ -112,7 +114,7 @@ def test_server_against_gnutls_cli(
     version: str,
     cipher: str,
 ) -> None:
-    """ossl_ktls server <-> ``gnutls-cli``.
+    """ossl_ktls server <-> ``gnutls-cli``; the handshake done before ``wrap()``.
 
     Contract: declared handover path; 1 MiB from us (``sendall`` + ``sendfile``)
     reaches gnutls-cli intact (size, SHA-256); 256 KiB from gnutls-cli reach us intact,
@@ -124,7 +126,8 @@ def test_server_against_gnutls_cli(
     cli = peers.client(
         CLI, gnutls_cli_argv(listener.port, certs, version, cipher, logfile=log), logfiles=[log]
     )
-    k = listener.accept(server_context(certs, version, cipher))
+    # The handshake done by pyOpenSSL first, then handed over (wrap()'s other way in).
+    k = listener.accept(server_context(certs, version, cipher), handshake_first=True)
     peers.track(k)
     handover(k, peer=CLI, role="server", version=version, cipher=cipher)
 
