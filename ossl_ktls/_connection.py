@@ -245,7 +245,13 @@ class KTLSConnection:
         self._eof = False
         self._close_notify_sent = False
         self._close_notify_received = False
+        # _tx_lock orders everything that goes out (held across a socket write);
+        # _ssl_lock guards the OpenSSL object, which is not thread-safe, and is never held
+        # across a socket call. Lock order: _tx_lock, then _ssl_lock.
         self._tx_lock = threading.RLock()
+        self._ssl_lock = threading.RLock()
+        # User-space TX: ciphertext OpenSSL produced, in order, not yet on the socket.
+        self._tx_cipher = bytearray()
         self._scratch = bytearray(_MAX_RECORD + 256)
         self._secrets: dict[str, bytearray] = {}
         self._can_rekey = False
@@ -398,7 +404,64 @@ class KTLSConnection:
         # An upper bound of the records written: at least one per call.
         self._tx_records += max(1, -(-nbytes // _MAX_RECORD))
 
+    @property
+    def tx_backlog(self) -> int:
+        """Ciphertext bytes accepted but not yet on the socket (user-space TX only).
+
+        Non-zero only on a non-blocking socket whose send buffer filled up: call
+        :meth:`flush` when the socket is writable.
+        """
+        return len(self._tx_cipher)
+
+    def flush(self) -> int:
+        """Push queued user-space ciphertext to the socket; returns what is still queued.
+
+        On a blocking socket (or one with a timeout) this waits until everything is out.
+        With TX in the kernel there is never a backlog.
+        """
+        with self._tx_lock:
+            self._check_usable()
+            self._push_cipher()
+            return len(self._tx_cipher)
+
+    def _nonblocking_socket(self) -> bool:
+        # aio's loop socket queues in sendall() by itself: treat it as blocking.
+        return self._sock.gettimeout() == 0.0 and not getattr(self._sock, "queues_sendall", False)
+
+    def _collect_output(self) -> None:
+        """Move what OpenSSL wrote into the ordered ciphertext queue (holds _ssl_lock)."""
+        with self._ssl_lock:
+            out = _openssl.pending_output(self._conn)
+            if out:
+                self._tx_cipher += out
+
+    def _push_cipher(self) -> None:
+        """Put queued ciphertext on the socket in order (the caller holds _tx_lock)."""
+        self._collect_output()
+        if self._nonblocking_socket():
+            while self._tx_cipher:
+                try:
+                    n = self._sock.send(self._tx_cipher)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    raise self._os_error(exc, "send") from exc
+                del self._tx_cipher[:n]
+            return
+        if self._tx_cipher:
+            data = bytes(self._tx_cipher)
+            self._tx_cipher.clear()
+            try:
+                self._sock.sendall(data)
+            except OSError as exc:
+                raise self._os_error(exc, "send") from exc
+
     def _user_send(self, view: memoryview, more: bool) -> int:
+        if self._tx_cipher:
+            self._push_cipher()
+            if self._tx_cipher:
+                # Earlier ciphertext is still queued: accept nothing new (like send()).
+                raise BlockingIOError(errno.EAGAIN, "send buffer full (see flush())")
         if more:
             self._more_buf += view
             if len(self._more_buf) < _MAX_RECORD:
@@ -414,18 +477,12 @@ class KTLSConnection:
         """Encrypt through OpenSSL (memory BIO) and put the ciphertext on the socket."""
         try:
             if payload:
-                self._conn.sendall(payload)
+                with self._ssl_lock:
+                    self._conn.sendall(payload)
+                    self._collect_output()
         except SSL.Error as exc:
             raise self._fatal(_from_openssl(exc, "send")) from exc
-        self._flush_openssl_output()
-
-    def _flush_openssl_output(self) -> None:
-        out = _openssl.pending_output(self._conn)
-        if out:
-            try:
-                self._sock.sendall(out)
-            except OSError as exc:
-                raise self._os_error(exc, "send") from exc
+        self._push_cipher()
 
     def sendfile(
         self, file: BinaryIO | IO[bytes], offset: int = 0, count: int | None = None
@@ -553,10 +610,12 @@ class KTLSConnection:
                 self._user_write(bytes(self._more_buf))
                 self._more_buf.clear()
             try:
-                self._conn.shutdown()
+                with self._ssl_lock:
+                    self._conn.shutdown()
+                    self._collect_output()
             except SSL.Error as exc:
                 raise self._fatal(_from_openssl(exc, "shutdown")) from exc
-            self._flush_openssl_output()
+            self._push_cipher()
 
     # ------------------------------------------------------------------ key update
 
@@ -661,6 +720,17 @@ class KTLSConnection:
     def pending(self) -> int:
         """Plaintext bytes already received and buffered in user space."""
         return len(self._rx_plain)
+
+    def has_buffered_input(self) -> bool:
+        """True when the next ``recv`` answers without reading the socket.
+
+        That is buffered plaintext (:meth:`pending`) or an end of stream (close_notify,
+        an alert, a TCP close) already taken off the socket: a select/poll loop must call
+        ``recv`` without waiting for the descriptor to become readable.
+        """
+        return bool(self._rx_plain) or (
+            not self._eof and self._user_end is not None and not self.ktls_rx
+        )
 
     def _kernel_recv_into(self, view: memoryview) -> int:
         while True:
@@ -802,16 +872,18 @@ class KTLSConnection:
                 chunk = self._sock.recv(_READ_CHUNK)
             except OSError as exc:
                 raise self._os_error(exc, "receive") from exc
-            if not chunk:
-                self._conn.bio_shutdown()
-            else:
-                self._conn.bio_write(chunk)
+            with self._ssl_lock:
+                if not chunk:
+                    self._conn.bio_shutdown()
+                else:
+                    self._conn.bio_write(chunk)
 
     def _user_pump(self) -> None:
         """Decrypt all complete records OpenSSL holds into ``_rx_plain``."""
         while self._user_end is None:
             try:
-                data = self._conn.recv(_READ_CHUNK)
+                with self._ssl_lock:
+                    data = self._conn.recv(_READ_CHUNK)
             except SSL.WantReadError:
                 self._after_user_read()
                 return
@@ -860,14 +932,15 @@ class KTLSConnection:
                             ),
                             alert=False,
                         ) from exc
-        out = _openssl.pending_output(self._conn)
-        if not out:
-            return
         if not self.ktls_tx:
-            try:
-                self._sock.sendall(out)
-            except OSError as exc:
-                raise self._os_error(exc, "send") from exc
+            self._collect_output()
+            if self._tx_cipher:
+                with self._tx_lock:
+                    self._push_cipher()
+            return
+        with self._ssl_lock:
+            out = _openssl.pending_output(self._conn)
+        if not out:
             return
         # OpenSSL wrote under its own (stale) TX state: replay alerts through the kernel.
         new_alerts = observer.alerts_written[self._alerts_replayed :]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from OpenSSL import SSL
 from OpenSSL._util import ffi, lib
@@ -54,7 +54,7 @@ class ConnState:
 
 
 def _connection_for(ssl: Any) -> SSL.Connection | None:
-    mapping = SSL.Connection._reverse_mapping  # type: ignore[attr-defined]
+    mapping = cast(Any, SSL.Connection)._reverse_mapping
     conn: SSL.Connection | None = mapping.get(ssl)
     return conn
 
@@ -150,7 +150,7 @@ def prepare(ctx: SSL.Context) -> SSL.Context:
 
     # Connections must keep the callbacks alive: hang them on the Context.
     ctx._ossl_ktls_keylog = keylog  # type: ignore[attr-defined]
-    ctx.set_keylog_callback = set_keylog_callback  # type: ignore[method-assign,assignment]
+    cast(Any, ctx).set_keylog_callback = set_keylog_callback
     setattr(ctx, _PREPARED_ATTR, True)
     return ctx
 
@@ -178,8 +178,8 @@ def detach_from_socket(conn: SSL.Connection) -> None:
     if rbio == ffi.NULL or wbio == ffi.NULL:
         raise MemoryError("BIO_new failed")
     lib.SSL_set_bio(raw_ssl(conn), rbio, wbio)
-    conn._into_ssl = rbio  # type: ignore[attr-defined]
-    conn._from_ssl = wbio  # type: ignore[attr-defined]
+    cast(Any, conn)._into_ssl = rbio
+    cast(Any, conn)._from_ssl = wbio
 
 
 def pending_output(conn: SSL.Connection) -> bytes:

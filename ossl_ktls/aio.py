@@ -111,6 +111,9 @@ class _LoopSocket(socket.socket):
     after a fatal error).
     """
 
+    # KTLSConnection: sendall() queues by itself, call it even though non-blocking.
+    queues_sendall = True
+
     def __init__(
         self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None
     ) -> None:

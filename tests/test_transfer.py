@@ -238,6 +238,7 @@ def test_truncation_is_an_error(
         data = os.urandom(20_000)
         theirs.sendall(data)
         sock = theirs._socket
+        assert sock is not None
         sock.close()
         assert k_read_exactly(k, len(data)) == data
         if ragged:
