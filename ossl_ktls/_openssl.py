@@ -18,6 +18,7 @@ the ``SSL *`` through pyOpenSSL's own reverse mapping), so it dies with it.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -198,3 +199,37 @@ def pending_output(conn: SSL.Connection) -> bytes:
 def total_renegotiations(conn: SSL.Connection) -> int:
     """How many renegotiations OpenSSL performed on *conn*."""
     return int(lib.SSL_total_renegotiations(raw_ssl(conn)))
+
+
+def set_peer_name(conn: SSL.Connection, name: str, verify: bool) -> None:
+    """SNI (for DNS names) and, when verifying, the name the certificate must carry.
+
+    pyOpenSSL checks only the chain; the name check is OpenSSL's own
+    (``X509_VERIFY_PARAM_set1_host`` / ``set1_ip`` on the Connection's parameters), done
+    during the handshake, so a wrong name fails the handshake like a bad chain does.
+    Partial wildcards (``f*.example``) are refused.
+
+    Raises:
+        UsageError: *name* is not a valid DNS name or IP address.
+    """
+    try:
+        ip: bytes | None = ipaddress.ip_address(name).packed
+    except ValueError:
+        ip = None
+    ascii_name = b""
+    if ip is None:
+        try:
+            ascii_name = name.encode("idna")
+        except UnicodeError as exc:
+            raise UsageError(f"invalid server name {name!r}") from exc
+        conn.set_tlsext_host_name(ascii_name)
+    if not verify:
+        return
+    param = lib.SSL_get0_param(raw_ssl(conn))
+    lib.X509_VERIFY_PARAM_set_hostflags(param, lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
+    if ip is not None:
+        ok = lib.X509_VERIFY_PARAM_set1_ip(param, ip, len(ip))
+    else:
+        ok = lib.X509_VERIFY_PARAM_set1_host(param, ascii_name, len(ascii_name))
+    if ok != 1:
+        raise UsageError(f"cannot set the expected server name {name!r}")

@@ -60,7 +60,6 @@ import asyncio
 import collections
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import socket
@@ -70,11 +69,10 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from OpenSSL import SSL
-from OpenSSL._util import lib as _lib
 
 from . import _openssl
 from ._connection import KTLSConnection, wrap
-from ._errors import UsageError, from_errno
+from ._errors import from_errno
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -225,35 +223,6 @@ async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> No
             loop.remove_reader(fd)
 
 
-def _set_peer_name(conn: SSL.Connection, name: str, verify: bool) -> None:
-    """SNI for a DNS name and, when the Context verifies peers, the name to check.
-
-    pyOpenSSL verifies only the chain; the name check is OpenSSL's (set on the
-    Connection's verify parameters), so a wrong name fails the handshake.
-    """
-    try:
-        ip: bytes | None = ipaddress.ip_address(name).packed
-    except ValueError:
-        ip = None
-    ascii_name = b""
-    if ip is None:
-        try:
-            ascii_name = name.encode("idna")
-        except UnicodeError as exc:
-            raise UsageError(f"invalid server_hostname {name!r}") from exc
-        conn.set_tlsext_host_name(ascii_name)
-    if not verify:
-        return
-    param = _lib.SSL_get0_param(_openssl.raw_ssl(conn))
-    _lib.X509_VERIFY_PARAM_set_hostflags(param, _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
-    if ip is not None:
-        ok = _lib.X509_VERIFY_PARAM_set1_ip(param, ip, len(ip))
-    else:
-        ok = _lib.X509_VERIFY_PARAM_set1_host(param, ascii_name, len(ascii_name))
-    if ok != 1:
-        raise UsageError(f"cannot set the expected server name {name!r}")
-
-
 async def _handshake(
     loop: asyncio.AbstractEventLoop,
     sock: _LoopSocket,
@@ -272,7 +241,7 @@ async def _handshake(
         conn.set_connect_state()
         if server_hostname:
             verify = bool(context.get_verify_mode() & SSL.VERIFY_PEER)
-            _set_peer_name(conn, server_hostname, verify)
+            _openssl.set_peer_name(conn, server_hostname, verify)
     fd = sock.fileno()
     async with asyncio.timeout(timeout):
         while True:

@@ -49,7 +49,7 @@ from OpenSSL._util import lib as _lib
 
 from . import __version__, _openssl
 from ._connection import KTLSConnection, wrap
-from ._errors import Error, TruncatedStream
+from ._errors import Error, TruncatedStream, UsageError
 from ._linux_tls import Capabilities, probe
 from ._suites import SUITES, openssl_tls12_names, openssl_tls13_name
 
@@ -285,34 +285,11 @@ def _ssl_reason(exc: BaseException) -> str:
 
 
 def set_peer_name(conn: SSL.Connection, name: str, verify: bool) -> None:
-    """SNI (for DNS names) and, when verifying, the name the certificate must carry.
-
-    pyOpenSSL checks only the chain; the name check is OpenSSL's own
-    (``X509_VERIFY_PARAM_set1_host`` / ``set1_ip`` on the Connection's parameters), done
-    during the handshake, so a wrong name fails the handshake like a bad chain does.
-    Partial wildcards (``f*.example``) are refused.
-    """
+    """SNI and the name the certificate must carry (see ``_openssl.set_peer_name``)."""
     try:
-        ip: bytes | None = ipaddress.ip_address(name).packed
-    except ValueError:
-        ip = None
-    ascii_name = b""
-    if ip is None:
-        try:
-            ascii_name = name.encode("idna")
-        except UnicodeError as exc:
-            raise CLIError(f"invalid server name {name!r}") from exc
-        conn.set_tlsext_host_name(ascii_name)
-    if not verify:
-        return
-    param = _lib.SSL_get0_param(_openssl.raw_ssl(conn))
-    _lib.X509_VERIFY_PARAM_set_hostflags(param, _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
-    if ip is not None:
-        ok = _lib.X509_VERIFY_PARAM_set1_ip(param, ip, len(ip))
-    else:
-        ok = _lib.X509_VERIFY_PARAM_set1_host(param, ascii_name, len(ascii_name))
-    if ok != 1:
-        raise CLIError(f"cannot set the expected server name {name!r}")
+        _openssl.set_peer_name(conn, name, verify)
+    except UsageError as exc:
+        raise CLIError(str(exc)) from exc
 
 
 def _verify_failure(conn: SSL.Connection) -> str | None:
