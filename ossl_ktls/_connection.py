@@ -106,6 +106,9 @@ _PASSTHROUGH = (
 )
 
 
+_CONTROL_WAIT = 30.0  # seconds a control record may wait for send-buffer room
+
+
 def _deadline(sock: socket.socket) -> float | None:
     timeout = sock.gettimeout()
     return None if timeout is None else time.monotonic() + timeout
@@ -597,12 +600,32 @@ class KTLSConnection:
                 self._broken = Error(f"we sent fatal alert {alert_name(description)}")
                 self._teardown()
 
+    def _send_control(self, content_type: int, payload: bytes, operation: str) -> None:
+        """Send one control record through kernel TX, whole, whatever the socket mode.
+
+        Control records are often answers sent from the receive path (close_notify,
+        KeyUpdate, no_renegotiation), where EAGAIN cannot be handed to the caller without
+        losing the answer: on a non-blocking socket, wait for room (up to 30 s).
+        """
+        deadline = time.monotonic() + _CONTROL_WAIT
+        while True:
+            try:
+                uapi.send_record(self._sock, content_type, payload)
+                return
+            except (BlockingIOError, InterruptedError):
+                remaining = deadline - time.monotonic()
+                poller = select.poll()
+                poller.register(self._sock.fileno(), select.POLLOUT)
+                if remaining <= 0 or not poller.poll(remaining * 1000):
+                    raise self._fatal(
+                        from_errno(errno.ETIMEDOUT, f"{operation}: no room in 30 s")
+                    ) from None
+            except OSError as exc:
+                raise self._os_error(exc, operation) from exc
+
     def _send_alert_raw(self, level: int, description: int) -> None:
         if self.ktls_tx:
-            try:
-                uapi.send_record(self._sock, _records.CONTENT_ALERT, bytes([level, description]))
-            except OSError as exc:
-                raise self._os_error(exc, "send alert") from exc
+            self._send_control(_records.CONTENT_ALERT, bytes([level, description]), "send alert")
             self._more_pending = False
             self._count_tx(2)
         elif description == _CLOSE_NOTIFY:
@@ -643,12 +666,9 @@ class KTLSConnection:
                 "the connection cannot update its transmit key"
             )
         assert self.suite is not None
-        try:
-            uapi.send_record(
-                self._sock, _records.CONTENT_HANDSHAKE, _records.encode_key_update(request_peer)
-            )
-        except OSError as exc:
-            raise self._os_error(exc, "send KeyUpdate") from exc
+        self._send_control(
+            _records.CONTENT_HANDSHAKE, _records.encode_key_update(request_peer), "send KeyUpdate"
+        )
         self._more_pending = False
         self._advance_secret("tx")
         try:
