@@ -68,7 +68,8 @@ TX_VARIANTS = [k for k, v in VARIANTS.items() if v.part == "tx"]
 RX_VARIANTS = [k for k, v in VARIANTS.items() if v.part == "rx"]
 RR_VARIANTS = [k for k, v in VARIANTS.items() if v.part == "rr"]
 CONN_VARIANTS = [k for k, v in VARIANTS.items() if v.part == "conn"]
-PARTS = ("tx", "rx", "rr", "conn", "conc", "prof")
+PARTS = ("tx", "rx", "rr", "conn", "anchor", "conc", "prof")
+ANCHOR_VARIANTS = ["ktls_sendfile", "openssl_c_ktls", "pyopenssl_sendall"]
 
 
 def log(msg: str) -> None:
@@ -93,6 +94,9 @@ class Plan:
     conc_reps: int = 2
     conc_suites: list[str] = field(default_factory=lambda: ["tls13-aes128gcm"])
     warmup_size: int = 256 * KiB
+    #: Extra back-to-back triples (ossl_ktls sendfile, OpenSSL C kTLS sendfile, pyOpenSSL)
+    #: at the largest TX size: the targets' pairs, repeated more than the full matrix.
+    anchor_pairs: int = 8
 
 
 def make_plan(profile: str) -> Plan:
@@ -580,7 +584,7 @@ class Bench:
                     serves[suite] = Serve(
                         suite, self.certs, self.payload_dir, max(plan.conc_levels), self.log_file
                     )
-            if "tx" in plan.parts:
+            if "tx" in plan.parts or "anchor" in plan.parts:
                 for suite in plan.suites:
                     for kind, conf in (
                         ("openssl_c_ktls", self.ktls_conf),
@@ -627,6 +631,14 @@ class Bench:
                             self.conn_sample(rep, suite, variant)
                         k += 1
                 self.save()
+            if "anchor" in plan.parts and "anchor" not in done and plan.anchor_pairs:
+                size = max(plan.tx_sizes)
+                log(f"anchor triples: {plan.anchor_pairs} per suite at {size // MiB} MiB")
+                for i in range(plan.anchor_pairs):
+                    for suite in plan.suites:
+                        for variant in rotated(ANCHOR_VARIANTS, i):
+                            self.tx_sample(i, suite, size, variant, servers, part="anchor")
+                self.save()
             for server in servers.values():
                 server.stop()
             if "prof" in plan.parts and "prof" not in done:
@@ -670,9 +682,15 @@ class Bench:
             self.record({**base, "size": 0, "variant": "conn_ktls"}, self.pair(measured, peer))
 
     def tx_sample(
-        self, rep: int, suite: str, size: int, variant: str, servers: dict[tuple[str, str], SServer]
+        self,
+        rep: int,
+        suite: str,
+        size: int,
+        variant: str,
+        servers: dict[tuple[str, str], SServer],
+        part: str = "tx",
     ) -> None:
-        base = {"part": "tx", "suite": suite, "size": size, "variant": variant, "rep": rep}
+        base = {"part": part, "suite": suite, "size": size, "variant": variant, "rep": rep}
         if variant.startswith("openssl_c_"):
             server = servers[(suite, variant)]
             cmd = {
@@ -861,7 +879,9 @@ def measure(args: argparse.Namespace) -> Json:
         boots = [*previous.get("boots", [previous["environment"]]), env]
         reps = {s["rep"] for s in bench.samples if s["part"] in ("tx", "rx", "rr", "conn")}
         first_rep = len(reps)
-        done = frozenset(s["part"] for s in bench.samples if s["part"] in ("prof", "conc"))
+        done = frozenset(
+            s["part"] for s in bench.samples if s["part"] in ("anchor", "prof", "conc")
+        )
         spent = float(previous.get("duration_s", 0.0))
         log(f"resuming {args.resume}: repetition {first_rep + 1} on, done: {sorted(done)}")
 
