@@ -4,6 +4,7 @@
 #   make test         setup, then every tox environment and a summary (interop/matrix.py);
 #                     ARGS=... goes to pytest in the host and kernel environments
 #   make demo         setup, fetch the newest kernel, move a file over kernel TLS
+#   make bench        the benchmark inside the newest lab kernel -> docs/benchmarks.{md,json,png}
 #   make lint | type | host | kernel-5.10 | kernel-6.1 | kernel-6.12 | kernel-7.2
 #                     one tox environment; pytest arguments via ARGS="-k something"
 #   make kernels      fetch (or refresh) all lab kernels into the cache
@@ -19,7 +20,7 @@ ARGS ?=
 # vng (virtme-ng) and tox come from the lab venv.
 export PATH := $(CURDIR)/$(LAB_VENV)/bin:$(PATH)
 
-.PHONY: setup test demo lint type host kernels $(KERNEL_ENVS)
+.PHONY: setup test demo bench lint type host kernels $(KERNEL_ENVS)
 
 setup:
 	bash interop/setup.sh
@@ -33,6 +34,9 @@ test: setup
 demo: setup
 	$(PY) -m interop.kernels fetch 7.2
 	$(PY) -m interop.demo
+
+bench: setup
+	$(TOX) -e bench $(if $(ARGS),-- $(ARGS))
 
 kernels: $(SETUP_STAMP)
 	$(PY) -m interop.kernels fetch $(SERIES)

@@ -226,7 +226,7 @@ def environment(host: Json) -> Json:
         "host_kernel": host.get("kernel"),
         "python": platform.python_version(),
         "pyopenssl": importlib.metadata.version("pyOpenSSL"),
-        "pyopenssl_openssl": SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(),  # type: ignore[attr-defined]
+        "pyopenssl_openssl": SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(),
         "stdlib_ssl_openssl": ssl.OPENSSL_VERSION,
         "stdlib_ssl_has_op_enable_ktls": hasattr(ssl, "OP_ENABLE_KTLS"),
         "openssl_cli": _command_output(["openssl", "version"]),

@@ -45,7 +45,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 from OpenSSL import SSL
 
@@ -140,7 +140,7 @@ class PyOpenSSLEnd:
 
     def recv_into(self, buf: memoryview) -> int:
         try:
-            return self.conn.recv_into(buf)  # type: ignore[arg-type]
+            return self.conn.recv_into(cast(Any, buf))
         except SSL.ZeroReturnError:
             return 0
         except SSL.SysCallError as exc:

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 from OpenSSL import SSL
@@ -91,14 +91,16 @@ def estimate(n: int = 100) -> Json:
                         if prepared:
                             # wrap() wants a TCP socket; the handshake ran over a pair.
                             old = client._socket
+                            assert old is not None
                             with socket.socket() as tcp:
-                                client._socket = tcp  # type: ignore[attr-defined]
+                                cast(Any, client)._socket = tcp
                                 t0 = time.perf_counter()
                                 k = ossl_ktls.wrap(client)
                                 times["wrap"].append(time.perf_counter() - t0)
                                 assert k.ktls_tx and k.ktls_rx
                             old.close()
                         else:
+                            assert client._socket is not None
                             client._socket.close()
             med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
             out[key] = {
