@@ -14,9 +14,17 @@ Typical use::
     k = ossl_ktls.wrap(conn)        # finishes the handshake, hands over
     k.sendfile(open("big.iso", "rb"))
     k.shutdown(); k.close()
+
+``probe``, ``Capabilities`` and the exception classes need only the standard library;
+``wrap``, ``KTLSConnection`` and ``prepare`` (which need pyOpenSSL and cryptography) are
+imported on first use, so ``import ossl_ktls`` and ``ossl-ktls probe`` start quickly.
 """
 
-from ._connection import KTLSConnection, wrap
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     BadRecordMAC,
     ConnectionClosed,
@@ -34,7 +42,10 @@ from ._errors import (
     UsageError,
 )
 from ._linux_tls import Capabilities, probe
-from ._openssl import prepare
+
+if TYPE_CHECKING:
+    from ._connection import KTLSConnection, wrap
+    from ._openssl import prepare
 
 __version__ = "0.1.0"
 
@@ -59,3 +70,25 @@ __all__ = [
     "probe",
     "wrap",
 ]
+
+# Public names imported on first access (PEP 562): the modules behind them load OpenSSL.
+# Hidden from type checkers, which see the real names through the TYPE_CHECKING imports
+# above (a visible module __getattr__ would make every misspelt attribute type-check).
+_LAZY = {
+    "KTLSConnection": "._connection",
+    "wrap": "._connection",
+    "prepare": "._openssl",
+}
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | set(_LAZY))
