@@ -93,7 +93,7 @@ def test_byte_by_byte(proxied: object, version: str, rx: bool) -> None:
     k.setblocking(False)
     got = bytearray()
     while len(got) < len(data):
-        if not k.pending():
+        if not k.has_buffered_input():
             readable, _, _ = select.select([k], [], [], 60)
             assert readable, "stalled"
         try:
