@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -230,5 +231,64 @@ def test_rx_expect_no_pad(certs: Certs, expect_kernel: ExpectKernel, can_rekey: 
     b.sendall(data)
     assert digest(k_read_exactly(a, len(data))) == digest(data)
     assert a.ktls_rx == (expect_kernel("rx", "1.3", "aes-128-gcm") and can_rekey)
+    a.close()
+    b.close()
+
+
+def _inject_handshake(k: ossl_ktls.KTLSConnection, message: bytes) -> None:
+    """Send a raw handshake record (type 22) through *k*'s kernel TX."""
+    from ossl_ktls import _linux_tls
+
+    with socket.socket(fileno=os.dup(k.fileno())) as sock:
+        _linux_tls.send_record(sock, 22, message)
+
+
+def test_tls12_hello_request_is_refused_and_data_flows(
+    certs: Certs, expect_kernel: ExpectKernel
+) -> None:
+    """A TLS 1.2 HelloRequest (renegotiation) reaching the client is refused with one
+    no_renegotiation warning alert (the client's TX record count grows by exactly one),
+    and data keeps flowing both ways, byte-exact, before and after it."""
+    if not expect_kernel("tx", "1.2", "aes-128-gcm"):
+        pytest.skip("declared: no kernel TX here to inject a raw HelloRequest with")
+    a, b, _ = _wrapped_pair(certs, "1.2")
+    assert a.ktls_tx and b.ktls_tx, (a.fallback_reason, b.fallback_reason)
+    before = os.urandom(5000)
+    b.sendall(before)
+    assert digest(k_read_exactly(a, len(before))) == digest(before)
+    seq = a.tx_sequence()
+    _inject_handshake(b, bytes([0, 0, 0, 0]))  # HelloRequest: type 0, empty body
+    after = os.urandom(7000)
+    b.sendall(after)
+    assert digest(k_read_exactly(a, len(after))) == digest(after)
+    assert a.tx_sequence() == seq + 1, "exactly one record (the warning) went out"
+    reply = os.urandom(3000)
+    a.sendall(reply)
+    assert digest(k_read_exactly(b, len(reply))) == digest(reply)
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_unexpected_handshake_message_is_a_protocol_error(
+    certs: Certs, expect_kernel: ExpectKernel, version: str
+) -> None:
+    """A handshake message that has no place after the handshake (a ServerHello) ends
+    the connection with a ProtocolError (UnexpectedMessage on kernel RX); the data sent
+    before it was delivered intact, and later calls raise ConnectionClosed."""
+    if not expect_kernel("tx", version, "aes-128-gcm"):
+        pytest.skip("declared: no kernel TX here to inject a raw handshake record with")
+    a, b, _ = _wrapped_pair(certs, version)
+    assert b.ktls_tx, b.fallback_reason
+    data = os.urandom(4000)
+    b.sendall(data)
+    _inject_handshake(b, bytes([2, 0, 0, 2, 3, 3]))  # ServerHello, 2-byte body
+    assert digest(k_read_exactly(a, len(data))) == digest(data)
+    with pytest.raises(ossl_ktls.ProtocolError) as info:
+        a.recv(100)
+    if a.ktls_rx:
+        assert isinstance(info.value, ossl_ktls.UnexpectedMessage)
+    with pytest.raises(ossl_ktls.ConnectionClosed):
+        a.recv(100)
     a.close()
     b.close()
