@@ -31,7 +31,7 @@ from typing import IO
 from interop import kernels
 
 TIMEOUT_STATUS = 124
-DEFAULT_TIMEOUT = 1500.0
+DEFAULT_TIMEOUT = 2700.0
 READY = b"@@ossl-ktls-vm-ready@@"
 # Modules udev would load for QEMU's q35 devices that the lab never uses; each load costs
 # seconds under TCG (kvm_amd alone ~8 s). A kernel command line blacklist stops only the

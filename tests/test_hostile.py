@@ -88,8 +88,8 @@ def test_byte_by_byte(proxied: object, version: str, rx: bool) -> None:
     reader driven by select(): a split record never blocks it and never loses a byte."""
     k, server, proxy = proxied(version, rx)  # type: ignore[operator]
     proxy.arm("split")
-    data = os.urandom(1200)
-    p = Peer(lambda: (server.sendall(data[:600]), server.sendall(data[600:])))
+    data = os.urandom(400)  # two records, each a few hundred one-byte segments
+    p = Peer(lambda: (server.sendall(data[:200]), server.sendall(data[200:])))
     k.setblocking(False)
     got = bytearray()
     while len(got) < len(data):
