@@ -220,6 +220,7 @@ class KTLSConnection:
     ktls_tx: bool
     ktls_rx: bool
     fallback_reason: str | None
+    zerocopy_sendfile: bool
 
     def __init__(
         self,
@@ -236,6 +237,7 @@ class KTLSConnection:
         self.ktls_tx = False
         self.ktls_rx = False
         self.fallback_reason = None
+        self.zerocopy_sendfile = False
         self.version = ""
         self.suite: Suite | None = None
         self._is_server = False
@@ -794,15 +796,7 @@ class KTLSConnection:
             except Error as exc:
                 raise self._fatal(exc) from exc
             if description == _CLOSE_NOTIFY:
-                self._close_notify_received = True
-                self._eof = True
-                if self.version == "1.2" and not self._close_notify_sent:
-                    try:
-                        with self._tx_lock:
-                            self._send_alert_raw(_ALERT_WARNING, _CLOSE_NOTIFY)
-                        self._close_notify_sent = True
-                    except (OSError, Error):
-                        pass
+                self._peer_closed()
                 return True
             if (
                 level == _ALERT_WARNING
@@ -915,19 +909,23 @@ class KTLSConnection:
                 self._rx_plain += data
             self._after_user_read()
 
+    def _peer_closed(self) -> None:
+        """close_notify arrived: end of stream; TLS 1.2 answers with its own (RFC 5246 7.2.1)."""
+        self._close_notify_received = True
+        self._eof = True
+        if self.version == "1.2" and not self._close_notify_sent:
+            try:
+                with self._tx_lock:
+                    self._send_alert_raw(_ALERT_WARNING, _CLOSE_NOTIFY)
+                self._close_notify_sent = True
+            except (OSError, Error):
+                pass  # the peer may already be gone; its close_notify was still clean
+
     def _user_finish(self) -> int:
         """The user-space stream ended (buffered data was delivered first)."""
         end = self._user_end
         if end == "close_notify":
-            self._close_notify_received = True
-            self._eof = True
-            if self.version == "1.2" and not self._close_notify_sent:
-                try:
-                    with self._tx_lock:
-                        self._send_alert_raw(_ALERT_WARNING, _CLOSE_NOTIFY)
-                    self._close_notify_sent = True
-                except (OSError, Error):
-                    pass
+            self._peer_closed()
             return 0
         assert isinstance(end, Error)
         if isinstance(end, TruncatedStream) and self._ragged_eof:
@@ -1123,6 +1121,7 @@ def wrap(
     require: bool = False,
     rx_without_rekey: bool = False,
     rx_expect_no_pad: bool = False,
+    zerocopy_sendfile: bool = False,
     ragged_eof: bool = False,
     ticket_callback: TicketCallback | None = None,
     key_update_after: int | None = None,
@@ -1143,6 +1142,11 @@ def wrap(
             where OpenSSL follows a peer's KeyUpdate.
         rx_expect_no_pad: TLS 1.3 kernel RX: set TLS_RX_EXPECT_NO_PAD (faster when the
             peer does not pad records; padded records are decrypted twice).
+        zerocopy_sendfile: kernel TX: set TLS_TX_ZEROCOPY_RO, so that with NIC TLS
+            offload ``sendfile`` sends file pages without the kernel copying them (the
+            kernel's software path ignores it). The file must not change while it is
+            sent: the peer would then fail the record's authentication. Where the kernel
+            refuses it, ``fallback_reason`` says so and TX stays in the kernel.
         ragged_eof: read a TCP EOF without close_notify as a clean EOF instead of
             raising :class:`TruncatedStream`.
         ticket_callback: called with each raw TLS 1.3 NewSessionTicket message received
@@ -1186,6 +1190,7 @@ def wrap(
     k.suite = suite
 
     reasons: list[str] = []
+    refused: list[str] = []  # optional settings the kernel did not take
     want_tx, want_rx = tx, rx
     caps = uapi.probe()
     if not version:
@@ -1243,7 +1248,13 @@ def wrap(
             try:
                 uapi.set_u32(sock, uapi.TLS_RX_EXPECT_NO_PAD, 1)
             except OSError:
-                reasons.append("TLS_RX_EXPECT_NO_PAD not supported by this kernel")
+                refused.append("TLS_RX_EXPECT_NO_PAD not supported by this kernel")
+        if zerocopy_sendfile and k.ktls_tx:
+            try:
+                uapi.set_u32(sock, uapi.TLS_TX_ZEROCOPY_RO, 1)
+                k.zerocopy_sendfile = True
+            except OSError:
+                refused.append("TLS_TX_ZEROCOPY_RO not supported by this kernel")
     if not k._secrets:
         state.wipe()
     if suite is not None and version == "1.3":
@@ -1253,7 +1264,9 @@ def wrap(
             else _records.aead_record_limit(suite.name) // 2
         )
     if (tx and not k.ktls_tx) or (rx and not k.ktls_rx):
-        k.fallback_reason = "; ".join(reasons) or "not requested"
+        k.fallback_reason = "; ".join(reasons + refused) or "not requested"
+    elif refused:  # an optional setting the kernel refused
+        k.fallback_reason = "; ".join(refused)
     return k
 
 

@@ -160,6 +160,11 @@ def read_rec_seq(sock: socket.socket, direction: int, cipher: str) -> int:
         raw[:] = bytes(len(raw))
 
 
+def get_u32(sock: socket.socket, option: int) -> int:
+    """Read a 32-bit SOL_TLS option back (TLS_TX_ZEROCOPY_RO, TLS_RX_EXPECT_NO_PAD)."""
+    return int.from_bytes(sock.getsockopt(SOL_TLS, option, 4), "little")
+
+
 def set_u32(sock: socket.socket, option: int, value: int) -> None:
     """Set a 32-bit SOL_TLS option (TLS_TX_ZEROCOPY_RO, TLS_RX_EXPECT_NO_PAD)."""
     sock.setsockopt(SOL_TLS, option, value.to_bytes(4, "little"))

@@ -9,6 +9,7 @@ user-space path and checks the fallback says why.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from OpenSSL import SSL
 
 import ossl_ktls
+from ossl_ktls import _linux_tls as uapi
 from tests._pairs import (
     CIPHERS,
     VERSIONS,
@@ -155,6 +157,32 @@ def test_sendfile_offset_and_count(
         assert k.sendfile(f) == len(content)
     k.shutdown()
     assert digest(p.result()) == digest(expected)
+    k.close()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_zerocopy_sendfile_option(
+    certs: Certs, expect_kernel: ExpectKernel, can_rekey: bool, tmp_path: Path, version: str
+) -> None:
+    """wrap(zerocopy_sendfile=True) sets TLS_TX_ZEROCOPY_RO on kernel TX (read back with
+    getsockopt; every kTLS kernel of the matrix, 5.19+, has it) and sendfile still
+    delivers the file byte-exact; without kernel TX nothing is set."""
+    ours, theirs = _pair(certs, version, "aes-256-gcm", "server")
+    k = ossl_ktls.wrap(ours, zerocopy_sendfile=True)
+    tx, rx = _expected(expect_kernel, can_rekey, version, "aes-256-gcm")
+    _check_placement(k, tx, rx)
+    assert k.zerocopy_sendfile == tx
+    if tx:
+        with socket.socket(fileno=os.dup(k.fileno())) as dup:
+            assert uapi.get_u32(dup, uapi.TLS_TX_ZEROCOPY_RO) == 1
+    content = os.urandom(700_000)
+    path = tmp_path / "data.bin"
+    path.write_bytes(content)
+    p = Peer(lambda: read_all(theirs))
+    with path.open("rb") as f:
+        assert k.sendfile(f) == len(content)
+    k.shutdown()
+    assert digest(p.result()) == digest(content)
     k.close()
 
 
