@@ -43,6 +43,7 @@ import os
 import select
 import socket
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -1002,6 +1003,23 @@ class KTLSConnection:
         except (OSError, Error, SSL.Error):
             pass
         self._drain()
+        self._closed = True
+        self._teardown()
+
+    def abort(self) -> None:
+        """Close at once without close_notify: the peer sees a reset, never a clean end.
+
+        For when what was sent is incomplete (a response cut short by a timeout or an
+        error): close() would send close_notify, which tells the peer the stream is
+        complete. The socket is closed with SO_LINGER 0 (TCP RST), keys are wiped, and
+        later calls raise ConnectionClosed.
+        """
+        if self._closed:
+            return
+        if self._broken is None:
+            self._broken = ConnectionClosed("the connection was aborted")
+        with contextlib.suppress(OSError):
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._closed = True
         self._teardown()
 

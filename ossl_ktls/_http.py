@@ -332,6 +332,10 @@ class _Closing(Exception):
     """The connection is done (peer closed, idle, stopping): no response is owed."""
 
 
+class _Incomplete(Exception):
+    """A response could not be sent whole: the connection must be aborted."""
+
+
 class StaticServer:
     """Serves ROOT over a prepared server Context; see the module docstring."""
 
@@ -440,15 +444,22 @@ class StaticServer:
                 k.close()
                 return
             k.settimeout(self.options.idle_timeout)
+            clean = False
             try:
                 self._requests(k, client)
+                clean = True
             except _Closing:
-                pass
-            except (Error, OSError, SSL.Error) as exc:
+                clean = True
+            except (Error, OSError, SSL.Error, _Incomplete) as exc:
                 if not self._stopping.is_set():
                     self.log.note(client, f"connection dropped: {_reason(exc)}")
             finally:
-                k.close()
+                # A response cut short (timeout, error) must not end with close_notify,
+                # which would tell the client the stream is complete: abort instead.
+                if clean:
+                    k.close()
+                else:
+                    k.abort()
         finally:
             with contextlib.suppress(OSError):
                 raw.close()
@@ -630,7 +641,7 @@ class StaticServer:
         while sent < length:
             n = k.sendfile(f, first + sent, min(SEND_CHUNK, length - sent))
             if n == 0:
-                raise _Closing()
+                raise _Incomplete(f"the file ended after {sent} of {length} bytes")
             sent += n
         return status, sent
 

@@ -105,6 +105,27 @@ def test_io_after_close(certs: Certs) -> None:
         assert isinstance(info.value, OSError)
 
 
+def test_abort_never_looks_like_a_clean_end(certs: Certs) -> None:
+    """abort() closes without close_notify: the peer reads at most what was sent (a true
+    prefix) and then an error (reset or EOF without close_notify), never pyOpenSSL's
+    clean ZeroReturnError; later calls on ours raise ConnectionClosed."""
+    cctx, sctx = _contexts(certs)
+    client, server = connected_pair(cctx, sctx)
+    k = ossl_ktls.wrap(client)
+    data = os.urandom(100_000)
+    k.sendall(data)
+    k.abort()
+    got = bytearray()
+    with pytest.raises(SSL.Error) as info:
+        while True:
+            got += server.recv(65536)
+    assert not isinstance(info.value, SSL.ZeroReturnError)
+    assert bytes(got) == data[: len(got)]
+    with pytest.raises(ossl_ktls.ConnectionClosed):
+        k.send(b"x")
+    k.close()  # a no-op now
+
+
 def test_sendfile_bad_files(certs: Certs, tmp_path: Path) -> None:
     """sendfile() of a directory, of a count past the end of the file, or of an object
     without a file descriptor raises UsageError before sending anything; the stream is
