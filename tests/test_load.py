@@ -15,6 +15,8 @@ import ssl
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.test_cli import Serve, stop
 
 CLIENTS = int(os.environ.get("OSSL_KTLS_LOAD_CLIENTS", "200"))
@@ -60,6 +62,7 @@ def _fetch(port: int, cafile: str) -> tuple[int, str]:
     return len(body), hashlib.sha256(body).hexdigest()
 
 
+@pytest.mark.timeout(2400)  # under TCG, beside another guest, it takes 5-15 minutes
 def test_serve_under_200_concurrent_clients(tmp_path: Path) -> None:
     """200 clients at once each get the whole 4 MiB file (size and SHA-256); afterwards the
     server has as many descriptors and threads as before, and grew by less than 128 MiB."""
