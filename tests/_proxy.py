@@ -27,6 +27,7 @@ class FaultProxy:
         self._mode = "pass"
         self._offset = 0
         self._payload = b""
+        self._count = 0
         self._seen = 0
         self._threads: list[threading.Thread] = []
         self._socks: list[socket.socket] = []
@@ -35,10 +36,15 @@ class FaultProxy:
         t.start()
         self._threads.append(t)
 
-    def arm(self, mode: str, offset: int = 0, payload: bytes = b"") -> None:
-        """Apply *mode* to the server→client stream, *offset* bytes from now."""
+    def arm(self, mode: str, offset: int = 0, payload: bytes = b"", count: int = 0) -> None:
+        """Apply *mode* to the server→client stream, *offset* bytes from now.
+
+        Modes: ``pass``, ``split`` (one byte per segment), ``flip`` (one bit), ``inject``
+        (*payload*), ``drop`` / ``duplicate`` (*count* bytes), ``fin``, ``rst``.
+        """
         with self._lock:
             self._mode, self._offset, self._payload, self._seen = mode, offset, payload, 0
+            self._count = count
 
     def _accept(self) -> None:
         self.listener.settimeout(60)
@@ -72,7 +78,7 @@ class FaultProxy:
 
     def _forward(self, data: bytes, dst: socket.socket) -> bool:
         with self._lock:
-            mode, offset, payload = self._mode, self._offset, self._payload
+            mode, offset, payload, count = self._mode, self._offset, self._payload, self._count
             start = self._seen
             self._seen += len(data)
         at = offset - start  # position of the fault inside this chunk
@@ -86,6 +92,10 @@ class FaultProxy:
                 data = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
             else:
                 data = data[:at] + payload + data[at:]
+        if mode == "drop" and 0 <= at < len(data):
+            data = data[:at] + data[at + count :]
+        if mode == "duplicate" and 0 <= at < len(data):
+            data = data[: at + count] + data[at : at + count] + data[at + count :]
         if mode in ("fin", "rst") and at < len(data):
             if at > 0:
                 dst.sendall(data[:at])
@@ -101,6 +111,9 @@ class FaultProxy:
     def close(self) -> None:
         """Stop everything."""
         for s in [self.listener, *self._socks]:
+            # shutdown() wakes a thread blocked in recv() on it; close() alone does not.
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 s.close()
         for t in self._threads:

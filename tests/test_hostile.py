@@ -81,6 +81,34 @@ def test_bit_flip(proxied: object, version: str, rx: bool) -> None:
         k.recv(1)
 
 
+@pytest.mark.parametrize("fault", ["drop", "duplicate"])
+@pytest.mark.parametrize("rx", RX_MODES)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_dropped_or_replayed_bytes(proxied: object, version: str, rx: bool, fault: str) -> None:
+    """100 bytes dropped from record 2, or a whole record replayed: the first record
+    arrives whole, then a ProtocolError (BadRecordMAC where the kernel reads); what the
+    application got is a true prefix, never a byte twice; the connection is closed."""
+    k, server, proxy = proxied(version, rx)  # type: ignore[operator]
+    records = [os.urandom(10_000) for _ in range(3)]
+    wire = len(records[0]) + (29 if version == "1.2" else 22)  # record 1 on the wire
+    if fault == "drop":
+        proxy.arm("drop", offset=wire + 500, count=100)
+    else:
+        proxy.arm("duplicate", offset=0, count=wire)
+    for r in records:
+        server.sendall(r)
+    got = bytearray()
+    with pytest.raises(ossl_ktls.ProtocolError):
+        while True:
+            chunk = k.recv(65536)
+            assert chunk, "clean EOF instead of a protocol error"
+            got += chunk
+    assert bytes(got) == b"".join(records)[: len(got)]
+    assert len(got) == 10_000
+    with pytest.raises(ossl_ktls.ConnectionClosed):
+        k.recv(1)
+
+
 @pytest.mark.parametrize("rx", RX_MODES)
 @pytest.mark.parametrize("version", VERSIONS)
 def test_byte_by_byte(proxied: object, version: str, rx: bool) -> None:
