@@ -35,6 +35,17 @@ def _proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def _wait_idle(pid: int, idle: dict[str, int], seconds: float = 120) -> dict[str, int]:
+    """The server's status once it has as many descriptors and threads as when idle."""
+    deadline = time.monotonic() + seconds
+    while True:
+        now = _proc_status(pid)
+        if (now["fds"], now["Threads"]) == (idle["fds"], idle["Threads"]):
+            return now
+        assert time.monotonic() < deadline, f"leak: idle {idle}, now {now}"
+        time.sleep(0.2)
+
+
 def _fetch(port: int, cafile: str) -> tuple[int, str]:
     """One HTTPS GET over its own connection; (body length, SHA-256 of the body)."""
     ctx = ssl.create_default_context(cafile=cafile)
@@ -77,23 +88,19 @@ def test_serve_under_200_concurrent_clients(tmp_path: Path) -> None:
     try:
         pid = server.proc.pid
         port, cafile = server.ready["port"], server.ready["cert"]
-        # One warm-up fetch, so lazily created state (imports, caches) is in the baseline.
+        idle = _proc_status(pid)  # listening, no connection: the counts to come back to
+        # One warm-up fetch, so lazily created state (imports, caches) is in the RSS baseline.
+        # Its connection thread may outlive the response for a moment: wait until it is gone.
         assert _fetch(port, cafile) == want
         server.next("request")
-        before = _proc_status(pid)
+        before = _wait_idle(pid, idle)
         with concurrent.futures.ThreadPoolExecutor(max_workers=CLIENTS) as pool:
             results = list(pool.map(lambda _i: _fetch(port, cafile), range(CLIENTS)))
         assert results == [want] * CLIENTS
         events = [server.next("request") for _ in range(CLIENTS)]
         assert all((e["status"], e["bytes"]) == (200, SIZE) for e in events)
         # Connection threads end after the clients hang up: give them a moment.
-        deadline = time.monotonic() + 120
-        while True:
-            after = _proc_status(pid)
-            if (after["fds"], after["Threads"]) == (before["fds"], before["Threads"]):
-                break
-            assert time.monotonic() < deadline, f"leak: before {before}, after {after}"
-            time.sleep(0.5)
+        after = _wait_idle(pid, idle)
         assert after["VmRSS"] - before["VmRSS"] < RSS_GROWTH_LIMIT, (before, after)
     finally:
         stop(server.proc)
