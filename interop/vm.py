@@ -165,11 +165,18 @@ def run(args: argparse.Namespace) -> int:
         script = Path(tmp, "run.sh")
         script.write_text(guest_script(os.getcwd(), env, args.cmd))
         cmd = vng_command(str(kernel.vmlinuz), f"sh {shlex.quote(str(script))}", args)
-        return boot(kernel, cmd, args)
+        status, reached = boot(kernel, cmd, args)
+        if status == 255 and not reached:
+            # The guest never ran the command, so trying again cannot run it twice. Seen once
+            # in many boots: vng exiting 255 after 6 s with nothing on the console.
+            log("the guest never reached the command: booting it once more")
+            status, reached = boot(kernel, cmd, args)
+        return status
 
 
-def boot(kernel: kernels.Kernel, cmd: list[str], args: argparse.Namespace) -> int:
-    """Run vng, stream its output, enforce the timeout; return the status."""
+def boot(kernel: kernels.Kernel, cmd: list[str], args: argparse.Namespace) -> tuple[int, bool]:
+    """Run vng, stream its output, enforce the timeout; return the status and whether the
+    guest reached the command."""
     log(f"booting {kernel.release} (series {args.series}, TCG, timeout {args.timeout:.0f} s)")
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -201,7 +208,7 @@ def boot(kernel: kernels.Kernel, cmd: list[str], args: argparse.Namespace) -> in
     except Terminated as exc:
         _stop(proc)
         log(f"stopped the {kernel.release} guest: got signal {exc.signum}")
-        return 128 + exc.signum
+        return 128 + exc.signum, pumps[1].ready_at is not None
     except subprocess.TimeoutExpired:
         _stop(proc)
         for p in pumps:
@@ -210,7 +217,7 @@ def boot(kernel: kernels.Kernel, cmd: list[str], args: argparse.Namespace) -> in
             f"TIMEOUT: the {kernel.release} guest did not finish within {args.timeout:.0f} s; "
             f"killed it. Command was: {shlex.join(args.cmd)}"
         )
-        return TIMEOUT_STATUS
+        return TIMEOUT_STATUS, pumps[1].ready_at is not None
     except KeyboardInterrupt:
         _stop(proc)
         raise
@@ -240,7 +247,7 @@ def boot(kernel: kernels.Kernel, cmd: list[str], args: argparse.Namespace) -> in
                 "status 255: either the command exited 255 or the guest died under it "
                 "(kernel panic, out of memory); rerun with --verbose to see the kernel console."
             )
-    return status
+    return status, up is not None
 
 
 def main(argv: list[str] | None = None) -> int:
