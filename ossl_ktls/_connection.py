@@ -258,6 +258,9 @@ class KTLSConnection:
         self._ssl_lock = threading.RLock()
         # User-space TX: ciphertext OpenSSL produced, in order, not yet on the socket.
         self._tx_cipher = bytearray()
+        # shutdown() on a non-blocking socket with ciphertext queued: the TCP half-close
+        # waits until flush() has put the queue (close_notify last) on the wire.
+        self._fin_due = False
         self._scratch = bytearray(_MAX_RECORD + 256)
         self._secrets: dict[str, bytearray] = {}
         self._can_rekey = False
@@ -453,14 +456,16 @@ class KTLSConnection:
                 except OSError as exc:
                     raise self._os_error(exc, "send") from exc
                 del self._tx_cipher[:n]
-            return
-        if self._tx_cipher:
+        elif self._tx_cipher:
             data = bytes(self._tx_cipher)
             self._tx_cipher.clear()
             try:
                 self._sock.sendall(data)
             except OSError as exc:
                 raise self._os_error(exc, "send") from exc
+        if self._fin_due and not self._tx_cipher:
+            self._fin_due = False
+            self._half_close()
 
     def _user_send(self, view: memoryview, more: bool) -> int:
         if self._tx_cipher:
@@ -973,18 +978,26 @@ class KTLSConnection:
     def shutdown(self) -> None:
         """Send close_notify (through the kernel when TX is there), then half-close TCP.
 
-        Any MSG_MORE record still open is sent first. Receiving stays possible.
+        Any MSG_MORE record still open is sent first. Receiving stays possible. On a
+        non-blocking socket in user space, close_notify may join ciphertext still queued
+        (``tx_backlog``): the half-close then happens when :meth:`flush` has sent it all.
         """
         with self._tx_lock:
             self._check_usable()
             if not self._close_notify_sent:
                 self._send_alert_raw(_ALERT_WARNING, _CLOSE_NOTIFY)
                 self._close_notify_sent = True
-            try:
-                self._sock.shutdown(socket.SHUT_WR)
-            except OSError as exc:
-                if exc.errno != errno.ENOTCONN:
-                    raise self._os_error(exc, "shutdown") from exc
+            if self._tx_cipher:
+                self._fin_due = True  # a FIN now would cut off the queue
+                return
+            self._half_close()
+
+    def _half_close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise self._os_error(exc, "shutdown") from exc
 
     def close(self) -> None:
         """Close the connection without losing data.
@@ -993,18 +1006,37 @@ class KTLSConnection:
         reads and drops what already waits in the receive queue (typically TLS 1.3
         tickets nobody read: closing over unread data makes the kernel send a TCP RST,
         and the peer could lose the tail of our data), then closes the socket and wipes
-        any key material kept for rekeying.
+        any key material kept for rekeying. On a non-blocking socket, user-space
+        ciphertext still queued (``tx_backlog``) gets up to 30 s to go out; if it cannot,
+        the connection is reset, so the peer never takes a cut stream for a whole one.
         """
         if self._closed:
             return
         try:
             if self._broken is None and not self._close_notify_sent:
                 self.shutdown()
+            if self._tx_cipher and not self._push_backlog():
+                self.abort()
+                return
         except (OSError, Error, SSL.Error):
             pass
         self._drain()
         self._closed = True
         self._teardown()
+
+    def _push_backlog(self) -> bool:
+        """Wait (up to 30 s) until the user-space ciphertext queue is on the wire."""
+        deadline = time.monotonic() + _CONTROL_WAIT
+        while True:
+            with self._tx_lock:
+                self._push_cipher()
+            if not self._tx_cipher:
+                return True
+            remaining = deadline - time.monotonic()
+            poller = select.poll()
+            poller.register(self._sock.fileno(), select.POLLOUT)
+            if remaining <= 0 or not poller.poll(remaining * 1000):
+                return False
 
     def abort(self) -> None:
         """Close at once without close_notify: the peer sees a reset, never a clean end.

@@ -11,9 +11,11 @@ import select
 import socket
 import time
 
+import pytest
 from OpenSSL import SSL
 
 import ossl_ktls
+from ossl_ktls import _connection
 from tests._pairs import (
     Certs,
     Peer,
@@ -69,6 +71,74 @@ def test_nonblocking_send_queues_ciphertext_and_flush_delivers_it(certs: Certs) 
     k.close()
 
 
+def _fill_backlog(k: ossl_ktls.KTLSConnection) -> bytes:
+    """Send on a non-blocking socket nobody reads until send() refuses; what it accepted."""
+    chunk = os.urandom(16384)
+    accepted = bytearray()
+    refused = 0
+    while refused < 3:
+        try:
+            accepted += chunk[: k.send(chunk)]
+        except BlockingIOError:
+            refused += 1
+    assert k.tx_backlog > 0, "a refused send must leave ciphertext queued"
+    return bytes(accepted)
+
+
+def _read_to_close_notify(server: SSL.Connection) -> tuple[bytes, bytes]:
+    """Everything the peer reads up to close_notify, then what its TCP socket reads next
+    (b"" when our FIN followed close_notify)."""
+    got = bytearray()
+    while True:
+        try:
+            got += server.recv(65536)
+        except SSL.ZeroReturnError:
+            break
+    sock = server._socket
+    assert isinstance(sock, socket.socket)
+    sock.settimeout(60)
+    return bytes(got), sock.recv(1)
+
+
+def test_nonblocking_shutdown_sends_fin_only_after_the_backlog(certs: Certs) -> None:
+    """shutdown() with ciphertext still queued must not half-close TCP at once: that would
+    cut off the queue (the peer would read a truncated stream). close_notify joins the
+    queue; flush() sends it all, then the FIN. The peer reads every accepted byte (size
+    and SHA-256), then close_notify, then EOF."""
+    k, server = _user_pair(certs)
+    k.setblocking(False)
+    accepted = _fill_backlog(k)
+    k.shutdown()
+    assert k.tx_backlog > 0, "the queue (close_notify last) waits for flush()"
+    peer = Peer(lambda: _read_to_close_notify(server))
+    deadline = time.monotonic() + 120
+    while k.flush():
+        assert time.monotonic() < deadline, "flush() made no progress"
+        select.select([], [k.fileno()], [], 5)
+    got, after = peer.result()
+    assert digest(got) == digest(accepted)
+    assert after == b"", "our FIN should follow close_notify"
+    k.close()
+
+
+def test_nonblocking_close_delivers_the_backlog(certs: Certs) -> None:
+    """close() on a non-blocking socket with ciphertext queued waits for the reader
+    instead of dropping the queue: the peer gets every accepted byte and close_notify."""
+    k, server = _user_pair(certs)
+    k.setblocking(False)
+    accepted = _fill_backlog(k)
+
+    def late_reader() -> tuple[bytes, bytes]:
+        time.sleep(0.5)  # close() starts with the queue stuck
+        return _read_to_close_notify(server)
+
+    peer = Peer(late_reader)
+    k.close()
+    got, after = peer.result()
+    assert digest(got) == digest(accepted)
+    assert after == b""
+
+
 def test_has_buffered_input_reports_a_stream_end_already_read(certs: Certs) -> None:
     """When data and close_notify arrived together, after the data is consumed the
     descriptor is no longer readable, yet has_buffered_input() says recv() answers
@@ -99,3 +169,24 @@ def test_has_buffered_input_reports_a_stream_end_already_read(certs: Certs) -> N
     assert k.recv(100) == b""
     assert not k.has_buffered_input()
     k.close()
+
+
+def test_nonblocking_close_resets_when_the_backlog_cannot_go(
+    certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If nobody reads, close() cannot deliver the queue: after its wait (30 s, 1 s here)
+    it resets the connection. The peer then reads a true prefix and an error, never
+    close_notify (which would call a cut stream whole)."""
+    monkeypatch.setattr(_connection, "_CONTROL_WAIT", 1.0)
+    k, server = _user_pair(certs)
+    k.setblocking(False)
+    accepted = _fill_backlog(k)
+    started = time.monotonic()
+    k.close()
+    assert time.monotonic() - started < 30
+    got = bytearray()
+    with pytest.raises(SSL.Error) as ended:
+        while True:
+            got += server.recv(65536)
+    assert not isinstance(ended.value, SSL.ZeroReturnError), "close_notify after a cut"
+    assert accepted.startswith(bytes(got)) and len(got) < len(accepted)
