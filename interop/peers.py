@@ -846,6 +846,28 @@ def read_to_eof(k: ossl_ktls.KTLSConnection, limit: int = 1 << 28) -> bytes:
             raise PeerError(f"more than {limit} bytes without EOF")
 
 
+def exchange_with_client(
+    k: ossl_ktls.KTLSConnection, client: Peer, tmp_path: Path, seed: int
+) -> None:
+    """The server side's contract with a client program reading stdin to EOF.
+
+    MATRIX_BYTES from us (``sendall`` + ``sendfile``) reach the client intact (size and
+    SHA-256); REPLY_BYTES from it reach us intact, then its close_notify (``recv`` returns
+    ``b""``); we answer with ours, and the client exits with status 0.
+    """
+    down = make_payload(MATRIX_BYTES, seed=seed)
+    send_mixed(k, down, tmp_path / "down.bin")
+    client.sink.wait_size(down.size)
+    assert_received(f"{client.name} received", client.sink.size, client.sink.sha256, down)
+    up = make_payload(REPLY_BYTES, seed=seed + 1)
+    client.feed(up.data, close=True)
+    assert_received("we received", *digest(read_exactly(k, up.size)), up)
+    assert k.recv(4096) == b"", f"{client.name}'s close_notify should end our stream"
+    k.shutdown()
+    k.close()
+    assert client.wait() == 0
+
+
 # --------------------------------------------------------------------------- peer command lines
 
 

@@ -21,7 +21,6 @@ from interop.conftest import Handover, PeerFactory
 from interop.peers import (
     MATRIX,
     MATRIX_BYTES,
-    REPLY_BYTES,
     CertSet,
     Payload,
     assert_received,
@@ -29,14 +28,13 @@ from interop.peers import (
     client_context,
     connect,
     digest,
+    exchange_with_client,
     gnutls_cli_argv,
     gnutls_serv_argv,
-    make_payload,
     make_text_payload,
     matrix_id,
     read_exactly,
     read_to_eof,
-    send_mixed,
     server_context,
 )
 
@@ -131,18 +129,7 @@ def test_server_against_gnutls_cli(
     peers.track(k)
     handover(k, peer=CLI, role="server", version=version, cipher=cipher)
 
-    down = make_payload(MATRIX_BYTES, seed=41)
-    send_mixed(k, down, tmp_path / "down.bin")
-    cli.sink.wait_size(down.size)
-    assert_received("gnutls-cli received", cli.sink.size, cli.sink.sha256, down)
-
-    up = make_payload(REPLY_BYTES, seed=42)
-    cli.feed(up.data, close=True)
-    assert_received("we received", *digest(read_exactly(k, up.size)), up)
-    assert k.recv(4096) == b"", "gnutls-cli's close_notify should end our stream"
-    k.shutdown()
-    k.close()
-    assert cli.wait() == 0
+    exchange_with_client(k, cli, tmp_path, seed=41)
 
 
 def test_tickets_from_gnutls_serv(peers: PeerFactory, certs: CertSet, handover: Handover) -> None:

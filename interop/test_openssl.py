@@ -37,6 +37,7 @@ from interop.peers import (
     client_context,
     connect,
     digest,
+    exchange_with_client,
     expected_directions,
     framed,
     kernel_can_rekey,
@@ -143,18 +144,7 @@ def test_server_against_s_client(
     peers.track(k)
     handover(k, peer=S_CLIENT, role="server", version=version, cipher=cipher)
 
-    down = make_payload(MATRIX_BYTES, seed=3)
-    send_mixed(k, down, tmp_path / "down.bin")
-    cli.sink.wait_size(down.size)
-    assert_received("s_client received", cli.sink.size, cli.sink.sha256, down)
-
-    up = make_payload(REPLY_BYTES, seed=4)
-    cli.feed(up.data, close=True)
-    assert_received("we received", *digest(read_exactly(k, up.size)), up)
-    assert k.recv(4096) == b"", "s_client's close_notify should end our stream"
-    k.shutdown()
-    k.close()
-    assert cli.wait() == 0
+    exchange_with_client(k, cli, tmp_path, seed=3)
 
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])

@@ -24,21 +24,19 @@ from interop.conftest import Handover, PeerFactory
 from interop.peers import (
     MATRIX,
     MATRIX_BYTES,
-    REPLY_BYTES,
     CertSet,
     assert_received,
     check_new_session_ticket,
     client_context,
     connect,
     digest,
+    exchange_with_client,
     make_payload,
     matrix_id,
     openssl_ktls_conf,
-    read_exactly,
     read_to_eof,
     s_client_argv,
     s_server_argv,
-    send_mixed,
     server_context,
     tls_stat,
 )
@@ -179,15 +177,5 @@ def test_server_against_openssl_ktls_client(
     peers.track(k)
     handover(k, peer=CLIENT, role="server", version=version, cipher=cipher)
 
-    down = make_payload(MATRIX_BYTES, seed=71)
-    send_mixed(k, down, tmp_path / "down.bin")
-    cli.sink.wait_size(down.size)
-    assert_received("s_client received", cli.sink.size, cli.sink.sha256, down)
-    up = make_payload(REPLY_BYTES, seed=72)
-    cli.feed(up.data, close=True)
-    assert_received("we received", *digest(read_exactly(k, up.size)), up)
-    assert k.recv(4096) == b""
-    k.shutdown()
-    k.close()
-    assert cli.wait() == 0
+    exchange_with_client(k, cli, tmp_path, seed=71)
     _check_offload(stat, k, version, cipher)
