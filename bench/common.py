@@ -298,21 +298,6 @@ def proc_wchar(pid: int) -> int:
     raise OSError(f"no wchar in /proc/{pid}/io")
 
 
-def tls_stat() -> dict[str, int] | None:
-    """``/proc/net/tls_stat`` as a dict, or None when the kernel has no TLS."""
-    try:
-        with open("/proc/net/tls_stat", encoding="ascii") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    stats: dict[str, int] = {}
-    for line in lines:
-        name, _, value = line.partition(" ")
-        with contextlib.suppress(ValueError):
-            stats[name.strip()] = int(value.strip())
-    return stats
-
-
 def kernel_tls_on(sock: socket.socket, direction: int) -> bool:
     """Whether kernel TLS carries *direction* (TLS_TX/TLS_RX) on *sock* (getsockopt)."""
     # optlen must be the exact size of the cipher's struct: 40 (AES-128-GCM) or 56 bytes

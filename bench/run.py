@@ -56,9 +56,9 @@ from bench.common import (
     make_certs,
     openssl_suite_args,
     pyopenssl_context,
-    tls_stat,
     write_ktls_conf,
 )
+from ossl_ktls.cli import read_tls_stat
 
 Json = dict[str, Any]
 REPO = Path(__file__).resolve().parent.parent
@@ -736,7 +736,7 @@ class Bench:
         argv += openssl_suite_args(SUITES[suite])
         env = dict(os.environ)
         env["OPENSSL_CONF"] = str(self.ktls_conf)
-        stat0 = tls_stat()
+        stat0 = read_tls_stat()
         proc = subprocess.Popen(
             argv,
             env=env,
@@ -754,7 +754,7 @@ class Bench:
                 proc.wait(60)
         finally:
             stop_process(proc)
-        stat1 = tls_stat()
+        stat1 = read_tls_stat()
         if stat0 is not None and stat1 is not None:
             result["ktls_rx"] = stat1.get("TlsRxSw", 0) > stat0.get("TlsRxSw", 0)
         else:

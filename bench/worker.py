@@ -64,9 +64,9 @@ from bench.common import (
     proc_wchar,
     pyopenssl_context,
     stdlib_context,
-    tls_stat,
     wait_idle,
 )
+from ossl_ktls.cli import read_tls_stat
 
 Json = dict[str, Any]
 _DISCARD = 1 << 20
@@ -442,7 +442,7 @@ class Worker:
         suite = SUITES[cmd["suite"]]
         pid: int = cmd["pid"]
         size: int = cmd["size"]
-        stat0 = tls_stat()  # s_server installs kernel TX at the end of the handshake
+        stat0 = read_tls_stat()  # s_server installs kernel TX at the end of the handshake
         sock = self.connect(cmd["port"])
         try:
             conn = SSL.Connection(self.pyctx(suite, server=False, prepared=False), sock)
@@ -458,7 +458,7 @@ class Worker:
             t1 = time.perf_counter()
             wait_idle(pid)
             cpu1 = proc_cpu(pid)
-            stat1 = tls_stat()
+            stat1 = read_tls_stat()
         finally:
             sock.close()
         if raw < size:

@@ -67,6 +67,7 @@ __all__ = [
     "connect",
     "curl_argv",
     "digest",
+    "exchange_with_client",
     "expected_directions",
     "framed",
     "free_port",
@@ -86,7 +87,6 @@ __all__ = [
     "s_server_argv",
     "send_mixed",
     "server_context",
-    "tls_stat",
     "unframe",
     "wait_port_free",
 ]
@@ -1015,21 +1015,6 @@ def openssl_ktls_conf(path: Path) -> Path:
         encoding="ascii",
     )
     return path
-
-
-def tls_stat() -> dict[str, int] | None:
-    """``/proc/net/tls_stat`` as a dict, or None when the kernel has no TLS."""
-    try:
-        with open("/proc/net/tls_stat", encoding="ascii") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return None
-    stats: dict[str, int] = {}
-    for line in lines:
-        name, _, value = line.partition(" ")
-        with contextlib.suppress(ValueError):
-            stats[name.strip()] = int(value.strip())
-    return stats
 
 
 def wait_port_free(port: int, timeout: float = TIMEOUT) -> None:

@@ -38,8 +38,8 @@ from interop.peers import (
     s_client_argv,
     s_server_argv,
     server_context,
-    tls_stat,
 )
+from ossl_ktls.cli import read_tls_stat
 from tests.expectations import current
 
 MATRIX_IDS = [matrix_id(v, c) for v, c in MATRIX]
@@ -65,10 +65,10 @@ class TlsStat:
 
     def __init__(self) -> None:
         ossl_ktls.probe()  # cached per process: its test sockets are counted before this
-        self.before = tls_stat()
+        self.before = read_tls_stat()
 
     def deltas(self) -> tuple[int, int] | None:
-        after = tls_stat()
+        after = read_tls_stat()
         if self.before is None or after is None:
             return None
         return (
