@@ -11,8 +11,6 @@ exactly how the kernel itself splits ``getrusage`` figures). Multi-threaded proc
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import os
 import socket
 import ssl
@@ -81,40 +79,11 @@ class Certs:
 
 
 def make_certs(directory: Path) -> Certs:
-    """Write a throwaway ECDSA P-256 certificate and key (PEM) into *directory*."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    """A throwaway ECDSA P-256 certificate and key (PEM) in *directory*: the one ``serve``
+    makes for itself, for localhost and the loopback address."""
+    from ossl_ktls._cli_tls import throwaway_certificate
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    san = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(san, critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = directory / "cert.pem"
-    key_path = directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return Certs(str(cert_path), str(key_path))
+    return Certs(*throwaway_certificate(str(directory), ["localhost", HOST]))
 
 
 def pyopenssl_context(suite: Suite, *, server: bool, certs: Certs, prepared: bool) -> SSL.Context:
