@@ -621,10 +621,7 @@ class KTLSConnection:
                 uapi.send_record(self._sock, content_type, payload)
                 return
             except (BlockingIOError, InterruptedError):
-                remaining = deadline - time.monotonic()
-                poller = select.poll()
-                poller.register(self._sock.fileno(), select.POLLOUT)
-                if remaining <= 0 or not poller.poll(remaining * 1000):
+                if not self._writable_before(deadline):
                     raise self._fatal(
                         from_errno(errno.ETIMEDOUT, f"{operation}: no room in 30 s")
                     ) from None
@@ -1032,11 +1029,15 @@ class KTLSConnection:
                 self._push_cipher()
             if not self._tx_cipher:
                 return True
-            remaining = deadline - time.monotonic()
-            poller = select.poll()
-            poller.register(self._sock.fileno(), select.POLLOUT)
-            if remaining <= 0 or not poller.poll(remaining * 1000):
+            if not self._writable_before(deadline):
                 return False
+
+    def _writable_before(self, deadline: float) -> bool:
+        """Wait until the socket has send-buffer room; False if *deadline* passes first."""
+        remaining = deadline - time.monotonic()
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLOUT)
+        return remaining > 0 and bool(poller.poll(remaining * 1000))
 
     def abort(self) -> None:
         """Close at once without close_notify: the peer sees a reset, never a clean end.
