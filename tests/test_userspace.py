@@ -72,17 +72,23 @@ def test_nonblocking_send_queues_ciphertext_and_flush_delivers_it(certs: Certs) 
 
 
 def _fill_backlog(k: ossl_ktls.KTLSConnection) -> bytes:
-    """Send on a non-blocking socket nobody reads until send() refuses; what it accepted."""
+    """Send on a non-blocking socket nobody reads until the socket stays full; what
+    send() accepted. A refusal alone is not enough: while segments are in flight, TCP
+    may still grow its buffers and take more, so the socket counts as full only when,
+    half a second after a refusal, flush() still cannot move a byte."""
     chunk = os.urandom(16384)
     accepted = bytearray()
-    refused = 0
-    while refused < 3:
+    while True:
         try:
             accepted += chunk[: k.send(chunk)]
+            continue
         except BlockingIOError:
-            refused += 1
-    assert k.tx_backlog > 0, "a refused send must leave ciphertext queued"
-    return bytes(accepted)
+            pass
+        queued = k.tx_backlog
+        assert queued > 0, "a refused send must leave ciphertext queued"
+        time.sleep(0.5)
+        if k.flush() == queued:
+            return bytes(accepted)
 
 
 def _read_to_close_notify(server: SSL.Connection) -> tuple[bytes, bytes]:
