@@ -434,8 +434,7 @@ class KTLSConnection:
             return len(self._tx_cipher)
 
     def _nonblocking_socket(self) -> bool:
-        # aio's loop socket queues in sendall() by itself: treat it as blocking.
-        return self._sock.gettimeout() == 0.0 and not getattr(self._sock, "queues_sendall", False)
+        return self._sock.gettimeout() == 0.0
 
     def _collect_output(self) -> None:
         """Move what OpenSSL wrote into the ordered ciphertext queue (holds _ssl_lock)."""

@@ -30,12 +30,11 @@ Design
   pushed with ``KTLSConnection.send`` when the socket is writable; write-buffer high/low
   water marks pause/resume the protocol (``drain``); ``pause_reading``/``resume_reading``
   stop/start reading.
-* **Non-blocking user-space TX**: ``KTLSConnection`` writes OpenSSL's ciphertext with
-  ``socket.sendall``, which on a non-blocking socket would fail half-way and lose track of
-  the stream. The socket given to ``wrap()`` is a :class:`_LoopSocket`: its ``sendall``
-  queues ciphertext in order (also the alerts and KeyUpdate replies OpenSSL produces while
-  reading) and a ``shutdown(SHUT_WR)`` waits for that queue; the transport pushes it when
-  the socket is writable. Kernel TX never uses ``sendall``.
+* **Non-blocking user-space TX**: ``KTLSConnection`` queues the ciphertext the socket
+  cannot take yet, in order (also the alerts and KeyUpdate replies OpenSSL produces while
+  reading), and its ``shutdown()`` half-closes TCP only once that queue is out; the
+  transport watches ``tx_backlog`` and calls ``flush()`` when the socket is writable.
+  Kernel TX never has a backlog.
 * **Closing**: ``close()`` sends everything queued, then close_notify (through the kernel
   with kernel TX), half-closes TCP, and keeps reading (discarding) until the peer closes
   too or ``shutdown_timeout`` (30 s) passes, so that our closing cannot turn into a TCP
@@ -59,7 +58,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import errno
 import logging
 import os
 import socket
@@ -72,10 +70,9 @@ from OpenSSL import SSL
 
 from . import _openssl
 from ._connection import KTLSConnection, wrap
-from ._errors import from_errno
 
 if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
+    pass
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -100,68 +97,22 @@ _TURN_BYTES = 1024 * 1024  # bytes read or written per callback, then the loop's
 
 
 class _LoopSocket(socket.socket):
-    """The socket ``wrap()`` gets: writes from ``KTLSConnection`` never block the loop.
+    """The non-blocking socket ``wrap()`` gets.
 
-    ``sendall`` (used only by the user-space TX path) queues into :attr:`backlog`; a
-    ``shutdown`` asked while bytes are queued happens after :meth:`push` sent them.
     ``close`` first calls :attr:`on_close`, so the transport takes the descriptor out of the
     event loop before its number is freed (``KTLSConnection`` closes the socket by itself
     after a fatal error).
     """
-
-    # KTLSConnection: sendall() queues by itself, call it even though non-blocking.
-    queues_sendall = True
 
     def __init__(
         self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None
     ) -> None:
         super().__init__(family, type, proto, fileno)
         self.setblocking(False)
-        self.backlog = bytearray()
-        self.on_backlog: Callable[[], None] | None = None
         self.on_close: Callable[[], None] | None = None
-        self._discard = False
-        self._shutdown_due: int | None = None
-
-    def sendall(self, data: ReadableBuffer, flags: int = 0, /) -> None:
-        if self._discard:
-            return
-        self.backlog += data
-        if self.on_backlog is not None:
-            self.on_backlog()
-
-    def shutdown(self, how: int, /) -> None:
-        if self.backlog and how != socket.SHUT_RD:
-            self._shutdown_due = how
-            return
-        super().shutdown(how)
-
-    def push(self) -> bool:
-        """Send queued bytes (then a due shutdown); True when nothing is left.
-
-        Raises:
-            OSError: the socket failed (not EAGAIN: that returns False).
-        """
-        while self.backlog:
-            try:
-                n = self.send(self.backlog)
-            except (BlockingIOError, InterruptedError):
-                return False
-            del self.backlog[:n]
-        if self._shutdown_due is not None:
-            how, self._shutdown_due = self._shutdown_due, None
-            try:
-                super().shutdown(how)
-            except OSError as exc:
-                if exc.errno != errno.ENOTCONN:
-                    raise
-        return True
 
     def abandon(self) -> None:
-        """Drop queued bytes and refuse new ones; FIN now, so nothing more can be sent."""
-        self._discard = True
-        self.backlog.clear()
-        self._shutdown_due = None
+        """FIN now, so nothing more can be sent (what is still queued is dropped)."""
         if self.fileno() >= 0:
             with contextlib.suppress(OSError):
                 super().shutdown(socket.SHUT_RDWR)
@@ -336,8 +287,6 @@ class KTLSTransport(transports._FlowControlMixin):
         if self._sel is not None:
             self._sel._transports[self._sock_fd] = self
         self.set_write_buffer_limits()
-        self._flushing = False
-        sock.on_backlog = self._on_backlog
         sock.on_close = self._release_fd
         loop.call_soon(self._connection_made, waiter)
 
@@ -384,11 +333,6 @@ class KTLSTransport(transports._FlowControlMixin):
         else:
             self._loop.add_writer(self._sock_fd, self._pump)
 
-    def _on_backlog(self) -> None:
-        """KTLSConnection queued ciphertext (user-space TX): have the writer push it."""
-        if not self._flushing:
-            self._arm_writer()
-
     def _disarm_writer(self) -> None:
         if not self._writer_on:
             return
@@ -423,7 +367,7 @@ class KTLSTransport(transports._FlowControlMixin):
         if self.is_reading():
             self._arm_reader(self._read_ready)
             self._schedule_read()  # wrap() may have kept plaintext OpenSSL decrypted
-        if self._sock is not None and self._sock.backlog:
+        if self._k.tx_backlog:
             self._arm_writer()
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -467,6 +411,13 @@ class KTLSTransport(transports._FlowControlMixin):
             self._loop.call_soon(self._read_ready)
 
     def _read_ready(self) -> None:
+        self._read_turn()
+        # Reading in user space can queue answers (close_notify, KeyUpdate, alerts) that
+        # the socket could not take at once: have the writer push them.
+        if self._k.tx_backlog and not self._conn_lost:
+            self._arm_writer()
+
+    def _read_turn(self) -> None:
         """Read until the socket would block (bounded: then again on the next loop turn).
 
         Stopping only at EAGAIN matters: in user space OpenSSL may already hold what
@@ -567,8 +518,7 @@ class KTLSTransport(transports._FlowControlMixin):
         return True
 
     def get_write_buffer_size(self) -> int:
-        backlog = len(self._sock.backlog) if self._sock is not None else 0
-        return self._buffer_size + backlog
+        return self._buffer_size + self._k.tx_backlog
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return (self._low_water, self._high_water)
@@ -631,21 +581,17 @@ class KTLSTransport(transports._FlowControlMixin):
 
     def _flush(self) -> bool:
         """Push what is queued (then close_notify when due); True when all of it is out."""
-        sock, k = self._sock, self._k
-        assert sock is not None
+        k = self._k
         budget = _TURN_BYTES
         while True:
-            try:
-                if not sock.push():
-                    return False
-            except OSError as exc:
-                raise from_errno(exc.errno or errno.EIO, "send") from exc
+            if k.tx_backlog and k.flush():
+                return False  # user-space ciphertext still queued (a due FIN after it)
             if self._buffer:
                 if budget <= 0:
                     return False  # the writer stays armed: more on the next turn
                 try:
                     # Kernel TX: the kernel takes what fits. User space: everything is
-                    # encrypted at once into sock.backlog, pushed on the next turn.
+                    # encrypted at once; what the socket cannot take waits in tx_backlog.
                     n = k.send(self._next_chunk())
                 except (BlockingIOError, InterruptedError):
                     return False
@@ -665,7 +611,6 @@ class KTLSTransport(transports._FlowControlMixin):
         """Writer callback: push, then arm or disarm the writer and move the close along."""
         if self._conn_lost:
             return
-        self._flushing = True
         try:
             done = self._flush()
         except (SystemExit, KeyboardInterrupt):
@@ -673,8 +618,6 @@ class KTLSTransport(transports._FlowControlMixin):
         except BaseException as exc:
             self._fatal_error(exc, "Fatal write error on kTLS transport")
             return
-        finally:
-            self._flushing = False
         if self._empty_waiter is not None and not self.get_write_buffer_size():
             self._buffer_empty()
         if not done:
