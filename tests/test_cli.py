@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import os
-import queue
 import signal
 import socket
 import ssl
@@ -29,30 +28,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 from ossl_ktls.cli import main
 from tests import expectations
 from tests._pairs import Certs
+from tests._serve import CURL, REPO, TIMEOUT, Serve, cli_env, stop
 
-REPO = Path(__file__).resolve().parent.parent
-# Per step (subprocess, curl, event): generous for TCG, but nothing may hang forever.
-TIMEOUT = float(os.environ.get("OSSL_KTLS_CLI_TIMEOUT", "600"))
 PAYLOAD = 2 << 20
-CURL = ("curl", "--silent", "--show-error", "--noproxy", "*", "--max-time", str(TIMEOUT))
 ExpectKernel = Callable[[str, str, str], bool]
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
 
 
 def cli(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
@@ -60,7 +49,7 @@ def cli(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str
     return subprocess.run(
         [sys.executable, "-m", "ossl_ktls", *args],
         cwd=REPO,
-        env=_env(),
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -95,14 +84,6 @@ def wait_listening(port: int, proc: subprocess.Popen[Any], timeout: float = 60.0
         if time.monotonic() > deadline:
             pytest.fail(f"nothing listened on port {port} within {timeout} s")
         time.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    """Kill *proc* if it still runs, and reap it."""
-    if proc.poll() is None:
-        proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
 
 
 def sha256(path: Path) -> str:
@@ -297,7 +278,7 @@ def test_client_errors(certs: Certs, payload_file: Path, tmp_path: Path) -> None
         want: subprocess.Popen(
             [sys.executable, "-m", "ossl_ktls", *args],
             cwd=REPO,
-            env=_env(),
+            env=cli_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -407,62 +388,6 @@ def test_recv_truncated_is_an_error(certs: Certs, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- serve
-
-
-class Serve:
-    """``serve --json --port 0`` running; its stdout events are collected by a thread."""
-
-    def __init__(self, root: Path, *extra: str) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ossl_ktls",
-                "serve",
-                str(root),
-                "--port",
-                "0",
-                "--json",
-                *list(extra),
-            ],
-            cwd=REPO,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
-        self._reader.start()
-        self.ready = self.next("ready")
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.events.put(json.loads(line))
-
-    def next(self, kind: str) -> dict[str, Any]:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                event = self.events.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                assert self.proc.stderr is not None
-                stop(self.proc)
-                pytest.fail(f"no {kind} event from serve; stderr: {self.proc.stderr.read()}")
-            if event["event"] == kind:
-                return event
-
-    def curl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*CURL, "--cacert", self.ready["cert"], *args],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT + 10,
-            check=False,
-        )
-
-    def url(self, path: str) -> str:
-        return f"https://127.0.0.1:{self.ready['port']}{path}"
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import Serve, stop
+from tests._serve import Serve, stop
 
 CLIENTS = int(os.environ.get("OSSL_KTLS_LOAD_CLIENTS", "200"))
 SIZE = 4 << 20
