@@ -64,15 +64,12 @@ import socket
 import warnings
 from asyncio import constants, selector_events, transports, trsock
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from OpenSSL import SSL
 
 from . import _openssl
 from ._connection import KTLSConnection, wrap
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
