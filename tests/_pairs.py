@@ -171,6 +171,17 @@ def k_read_exactly(k: ossl_ktls.KTLSConnection, n: int) -> bytes:
     return bytes(out)
 
 
+def read_until_end(conn: SSL.Connection) -> tuple[bytes, SSL.Error]:
+    """Read a pyOpenSSL Connection until it stops; what it got, and how it ended
+    (``SSL.ZeroReturnError`` for close_notify, another ``SSL.Error`` for anything else)."""
+    got = bytearray()
+    while True:
+        try:
+            got += conn.recv(65536)
+        except SSL.Error as end:
+            return bytes(got), end
+
+
 def digest(data: bytes) -> tuple[int, str]:
     """(size, SHA-256 hex) of *data*: what every transfer test compares."""
     return len(data), hashlib.sha256(data).hexdigest()
