@@ -74,11 +74,14 @@ from ._keys import (
     tls13_next_traffic_secret,
     tls13_traffic_key_iv,
 )
+from ._observer import RecordObserver
 from ._suites import Suite, suite_for_openssl_name
 
 TicketCallback = Callable[["KTLSConnection", bytes], None]
 
 _MAX_RECORD = 16384
+# Every suite the kernel takes (GCM, CCM with a 16-byte tag, ChaCha20-Poly1305).
+_AEAD_TAG_LEN = 16
 _ALERT_WARNING, _ALERT_FATAL = 1, 2
 _CLOSE_NOTIFY = 0
 _NO_RENEGOTIATION = 100
@@ -222,6 +225,7 @@ class KTLSConnection:
     ktls_rx: bool
     fallback_reason: str | None
     zerocopy_sendfile: bool
+    tx_record_limit: int
 
     def __init__(
         self,
@@ -239,6 +243,7 @@ class KTLSConnection:
         self.ktls_rx = False
         self.fallback_reason = None
         self.zerocopy_sendfile = False
+        self.tx_record_limit = _MAX_RECORD
         self.version = ""
         self.suite: Suite | None = None
         self._is_server = False
@@ -411,7 +416,7 @@ class KTLSConnection:
 
     def _count_tx(self, nbytes: int) -> None:
         # An upper bound of the records written: at least one per call.
-        self._tx_records += max(1, -(-nbytes // _MAX_RECORD))
+        self._tx_records += max(1, -(-nbytes // self.tx_record_limit))
 
     @property
     def tx_backlog(self) -> int:
@@ -1271,6 +1276,19 @@ def wrap(
             reasons.append("RX stays in user space: OpenSSL holds part of a record")
             want_rx = False
 
+    if version:
+        send_limit, tx_reason = tx_record_plan(
+            obs,
+            version,
+            is_server=k._is_server,
+            resumed=_openssl.session_reused(conn),
+            can_cap=caps.tx_max_payload_len,
+        )
+        k.tx_record_limit = send_limit.size
+        if want_tx and tx_reason is not None:
+            reasons.append(tx_reason)
+            want_tx = False
+
     if require and ((tx and not want_tx) or (rx and not want_rx)):
         raise KTLSUnavailable("kernel TLS cannot take over: " + "; ".join(reasons))
 
@@ -1288,12 +1306,17 @@ def wrap(
     if want_tx or want_rx:
         assert suite is not None
         try:
-            _install(k, conn, sock, state, suite, version, want_tx, want_rx, caps)
+            cap_refused = _install(k, conn, sock, state, suite, version, want_tx, want_rx, caps)
         except OSError as exc:
             reason = f"the kernel refused the keys ({errno.errorcode.get(exc.errno or 0)})"
             if require:
                 raise KTLSUnavailable(f"kernel TLS cannot take over: {reason}") from exc
             reasons.append(reason)
+        else:
+            if cap_refused is not None:
+                if require and tx:
+                    raise KTLSUnavailable(f"kernel TLS cannot take over: {cap_refused}")
+                reasons.append(cap_refused)
         if want_rx and rx_expect_no_pad and version == "1.3" and k.ktls_rx:
             try:
                 uapi.set_u32(sock, uapi.TLS_RX_EXPECT_NO_PAD, 1)
@@ -1358,8 +1381,11 @@ def _install(
     want_tx: bool,
     want_rx: bool,
     caps: uapi.Capabilities,
-) -> None:
+) -> str | None:
+    """Install the keys of the wanted directions; returns why TX stayed in user space
+    when the kernel refused the record size cap (TX is then not installed)."""
     obs = state.observer
+    cap_refused: str | None = None
     we, peer = ("server", "client") if k._is_server else ("client", "server")
     tx_seq, rx_seq = obs.next_seq[1], obs.next_seq[0]
     if version == "1.2":
@@ -1395,6 +1421,17 @@ def _install(
         rx_state = k._state_13("rx", rx_seq)
     try:
         uapi.set_ulp(sock)
+        if want_tx and k.tx_record_limit < _MAX_RECORD:
+            # Before TLS_TX: a refusal then leaves TX to OpenSSL, which honours the limit.
+            try:
+                uapi.set_tx_max_payload(sock, k.tx_record_limit)
+            except OSError as exc:
+                want_tx = False
+                cap_refused = (
+                    f"TX stays in user space: the kernel refused to cap records at "
+                    f"{k.tx_record_limit} bytes (TLS_TX_MAX_PAYLOAD_LEN: "
+                    f"{errno.errorcode.get(exc.errno or 0, exc.errno)})"
+                )
         if want_tx:
             uapi.install(sock, uapi.TLS_TX, tx_state)
             k.ktls_tx = True
@@ -1408,3 +1445,46 @@ def _install(
             k._can_rekey = caps.rekey
             if not caps.rekey or not (k.ktls_tx or k.ktls_rx):
                 k._wipe()
+    return cap_refused
+
+
+def tx_record_plan(
+    obs: RecordObserver, version: str, *, is_server: bool, resumed: bool, can_cap: bool
+) -> tuple[_records.SendLimit, str | None]:
+    """How large the records we send may be, and why TX must stay in user space if so.
+
+    Pure: decided from what the handshake showed (the hellos' record-size extensions,
+    the sizes of the TLS 1.3 records OpenSSL wrote) and whether the kernel can cap kernel
+    TX records (``TLS_TX_MAX_PAYLOAD_LEN``). Kernel TX would otherwise send 2^14-byte
+    records to a peer that asked for smaller ones (it fails them: data loss), or stop
+    the record padding OpenSSL was configured to do. OpenSSL in user space honours both.
+    """
+    unlimited = _records.SendLimit(_MAX_RECORD, "")
+    why = "TX stays in user space: "
+    if obs.hello_error is not None:
+        return unlimited, why + f"the record size the peer accepts is unknown ({obs.hello_error})"
+    try:
+        limit = _records.send_limit(
+            tls13=version == "1.3",
+            is_server=is_server,
+            client=obs.client_extensions,
+            server=obs.server_extensions,
+            resumed=resumed,
+        )
+    except Error as exc:
+        return unlimited, why + f"the record size the peer accepts is unknown ({exc})"
+    if version == "1.3":
+        padding = obs.padding_written(_AEAD_TAG_LEN)
+        if padding > 0:
+            return limit, why + (
+                "OpenSSL pads our TLS 1.3 records (RecordPadding in its configuration), "
+                "and kernel TX cannot pad"
+            )
+        if padding < 0:
+            return limit, why + "the sizes of the TLS 1.3 records OpenSSL wrote do not add up"
+    if limit.limited and not can_cap:
+        return limit, why + (
+            f"the peer limited records to {limit.size} bytes ({limit.source}), and this "
+            "kernel cannot cap the records of kernel TX (TLS_TX_MAX_PAYLOAD_LEN, Linux 6.19+)"
+        )
+    return limit, None

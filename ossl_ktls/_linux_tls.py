@@ -14,6 +14,7 @@ import errno
 import functools
 import platform
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -170,6 +171,31 @@ def set_u32(sock: socket.socket, option: int, value: int) -> None:
     sock.setsockopt(SOL_TLS, option, value.to_bytes(4, "little"))
 
 
+def get_u16(sock: socket.socket, option: int) -> int:
+    """Read a 16-bit SOL_TLS option back (TLS_TX_MAX_PAYLOAD_LEN)."""
+    return int.from_bytes(sock.getsockopt(SOL_TLS, option, 2), sys.byteorder)
+
+
+def set_u16(sock: socket.socket, option: int, value: int) -> None:
+    """Set a 16-bit SOL_TLS option (TLS_TX_MAX_PAYLOAD_LEN; the kernel reads a u16)."""
+    sock.setsockopt(SOL_TLS, option, value.to_bytes(2, sys.byteorder))
+
+
+def set_tx_max_payload(sock: socket.socket, size: int) -> None:
+    """Cap the plaintext of every record kernel TX will build at *size* bytes.
+
+    ``TLS_TX_MAX_PAYLOAD_LEN`` (Linux 6.19+): 64..16384 for TLS 1.2, 63..16384 for TLS
+    1.3 (a TLS 1.3 record_size_limit counts the content type byte: pass limit - 1). It
+    is taken after the ULP and before TLS_TX, and kept when TLS_TX is installed; EBUSY
+    while a MSG_MORE record is open. The value is read back: a kernel that answers
+    success but keeps another value raises ``OSError(EINVAL)``.
+    """
+    set_u16(sock, TLS_TX_MAX_PAYLOAD_LEN, size)
+    got = get_u16(sock, TLS_TX_MAX_PAYLOAD_LEN)
+    if got != size:
+        raise OSError(errno.EINVAL, f"TLS_TX_MAX_PAYLOAD_LEN reads back {got}, not {size}")
+
+
 _CMSG_SPACE = socket.CMSG_SPACE(1)
 
 
@@ -204,8 +230,11 @@ class Capabilities:
     """What the running kernel accepted when tried on a loopback socket.
 
     ``tx``/``rx`` map a TLS version ("1.2", "1.3") to the cipher names the kernel took.
-    ``rekey`` is TLS 1.3 rekeying of a live socket (Linux 6.14+). ``ulp_error`` says why
-    the ``tls`` ULP could not be attached, when it could not.
+    ``rekey`` is TLS 1.3 rekeying of a live socket (Linux 6.14+). ``tx_max_payload_len``
+    is ``TLS_TX_MAX_PAYLOAD_LEN`` (Linux 6.19+): kernel TX can keep to a record size the
+    peer negotiated (max_fragment_length, record_size_limit); without it TX stays in user
+    space on such connections. ``ulp_error`` says why the ``tls`` ULP could not be
+    attached, when it could not.
     """
 
     kernel: str
@@ -215,6 +244,7 @@ class Capabilities:
     rekey: bool = False
     zerocopy_sendfile: bool = False
     rx_expect_no_pad: bool = False
+    tx_max_payload_len: bool = False
     ulp_error: str | None = None
 
     def supports(self, direction: str, version: str, cipher: str) -> bool:
@@ -232,6 +262,7 @@ class Capabilities:
             "rekey": self.rekey,
             "zerocopy_sendfile": self.zerocopy_sendfile,
             "rx_expect_no_pad": self.rx_expect_no_pad,
+            "tx_max_payload_len": self.tx_max_payload_len,
         }
 
 
@@ -276,7 +307,7 @@ def probe() -> Capabilities:
     kernel = platform.release()
     tx: dict[str, list[str]] = {v: [] for v in VERSIONS}
     rx: dict[str, list[str]] = {v: [] for v in VERSIONS}
-    rekey = zerocopy = no_pad = False
+    rekey = zerocopy = no_pad = max_payload = False
     with contextlib.closing(_Loopback()) as loop:
         with loop.pair() as sock:
             try:
@@ -318,6 +349,9 @@ def probe() -> Capabilities:
                             with contextlib.suppress(OSError):
                                 set_u32(sock, TLS_TX_ZEROCOPY_RO, 1)
                                 zerocopy = True
+                            with contextlib.suppress(OSError):
+                                set_tx_max_payload(sock, 512)
+                                max_payload = True
     return Capabilities(
         kernel=kernel,
         ulp=True,
@@ -326,4 +360,5 @@ def probe() -> Capabilities:
         rekey=rekey,
         zerocopy_sendfile=zerocopy,
         rx_expect_no_pad=no_pad,
+        tx_max_payload_len=max_payload,
     )

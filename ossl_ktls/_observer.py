@@ -13,12 +13,25 @@ messages it carries, in both directions. So the rules are:
   (the next record uses the next key), and a KeyUpdate bumps that direction's epoch
   (the traffic secret must be advanced once per epoch).
 
+It also keeps what decides the size of the records we may send: the record-size
+extensions of the ClientHello and of the server's answer (ServerHello, EncryptedExtensions),
+whichever side wrote them (``_records.send_limit`` turns them into a limit), and whether
+OpenSSL padded our TLS 1.3 records (``RecordPadding`` in an OpenSSL configuration), which
+kernel TX could not continue. Padding is found by exact accounting: for each TLS 1.3
+record we wrote that carried handshake or alert content, the record layer reports the
+header (its length) and then the inner content type; the message callbacks report the
+content. Without padding, the record lengths add up to the content plus one content-type
+byte and one AEAD tag per record.
+
 Nothing here touches a socket or OpenSSL; ``_openssl`` feeds the events in.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from ._errors import Error
+from ._records import ENCRYPTED_EXTENSIONS, hello_extensions
 
 HEADER = 0x100
 CHANGE_CIPHER_SPEC = 20
@@ -57,11 +70,35 @@ class RecordObserver:
     handshake_written: list[int] = field(default_factory=list)
     is_server: bool | None = None
     read_open: bool = False
+    #: Record-size extensions (RFC 6066 type 1, RFC 8449 type 28) of the ClientHello, and
+    #: of the server's ServerHello plus EncryptedExtensions, as ``{type: data}``.
+    client_extensions: dict[int, bytes] = field(default_factory=dict)
+    server_extensions: dict[int, bytes] = field(default_factory=dict)
+    #: Why a hello could not be parsed (then the record size limit is unknown).
+    hello_error: str | None = None
+    #: TLS 1.3 records we wrote with handshake/alert content: their count, the sum of
+    #: their lengths, and the content the message callbacks reported for them.
+    written_sealed_records: int = 0
+    written_sealed_bytes: int = 0
+    written_sealed_content: int = 0
+    _write_header_len: int = 0
+    _write_sealed: bool = False
 
-    def event(self, write: bool, version: int, content_type: int, data: bytes) -> None:
-        """Feed one message-callback event (as OpenSSL reports it)."""
+    def event(
+        self, write: bool, version: int, content_type: int, data: bytes, length: int = -1
+    ) -> None:
+        """Feed one message-callback event (as OpenSSL reports it).
+
+        *data* holds at least the first 8 bytes of the message (the whole message for a
+        ClientHello, ServerHello or EncryptedExtensions); *length* is the message's full
+        length (default: ``len(data)``).
+        """
         d = WRITE if write else READ
         tls13 = version == 0x0304
+        if length < 0:
+            length = len(data)
+        if write:
+            self._account_write(content_type, data, length)
         if content_type == HEADER:
             # A ChangeCipherSpec record is the last one under the old keys. OpenSSL reports
             # no CCS message on the read side, so the record header is what tells.
@@ -81,6 +118,8 @@ class RecordObserver:
             (self.alerts_written if write else self.alerts_read).append((data[0], data[1]))
         elif content_type == HANDSHAKE and data:
             msg_type = data[0]
+            if msg_type in (HS_CLIENT_HELLO, HS_SERVER_HELLO, ENCRYPTED_EXTENSIONS):
+                self._hello(msg_type, data)
             if write and self.is_server is None and msg_type in (HS_CLIENT_HELLO, HS_SERVER_HELLO):
                 self.is_server = msg_type == HS_SERVER_HELLO
             if write and self.finished[WRITE]:
@@ -96,3 +135,36 @@ class RecordObserver:
                     self.peer_key_update_requested = True
             elif msg_type == HS_HELLO_REQUEST and not write:
                 self.hello_requests += 1
+
+    def _hello(self, msg_type: int, message: bytes) -> None:
+        try:
+            found = hello_extensions(msg_type, message[4:])
+        except Error as exc:
+            self.hello_error = f"handshake message {msg_type}: {exc}"
+            return
+        if msg_type == HS_CLIENT_HELLO:
+            self.client_extensions = found  # the second ClientHello (after HRR) counts
+        else:
+            self.server_extensions.update(found)
+
+    def _account_write(self, content_type: int, data: bytes, length: int) -> None:
+        if content_type == HEADER and len(data) >= 5:
+            self._write_header_len = int.from_bytes(data[3:5], "big")
+            self._write_sealed = False
+        elif content_type == INNER_CONTENT_TYPE:
+            # Only TLS 1.3 protected records report an inner type; data records carry
+            # no message callback to compare with, so only control records count.
+            if data[:1] in (bytes([HANDSHAKE]), bytes([ALERT])):
+                self._write_sealed = True
+                self.written_sealed_records += 1
+                self.written_sealed_bytes += self._write_header_len
+        elif content_type in (HANDSHAKE, ALERT) and self._write_sealed:
+            self.written_sealed_content += length
+
+    def padding_written(self, tag_len: int) -> int:
+        """Bytes of padding OpenSSL put in our TLS 1.3 control records (0: none).
+
+        Each record is content + 1 (inner content type) + padding + *tag_len*.
+        """
+        overhead = self.written_sealed_records * (1 + tag_len)
+        return self.written_sealed_bytes - overhead - self.written_sealed_content

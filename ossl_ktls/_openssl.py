@@ -32,6 +32,9 @@ from ._observer import RecordObserver
 _STATE_ATTR = "_ossl_ktls_state"
 _PREPARED_ATTR = "_ossl_ktls_prepared"
 
+_HANDSHAKE = 22
+_HELLOS = (b"\x01", b"\x02", b"\x08")  # ClientHello, ServerHello, EncryptedExtensions
+
 _SECRET_LABELS = {b"CLIENT_TRAFFIC_SECRET_0": "client", b"SERVER_TRAFFIC_SECRET_0": "server"}
 
 KeylogCallback = Callable[[SSL.Connection, bytes], None]
@@ -75,9 +78,12 @@ def _on_message(
     conn = _connection_for(ssl)
     if conn is None:
         return
-    # Only the first bytes of a message matter (type, and a KeyUpdate's flag).
+    # Only the first bytes of a message matter (type, and a KeyUpdate's flag), except for
+    # the hellos, whose record-size extensions decide how large our records may be.
     data = bytes(ffi.buffer(buf, min(length, 8))) if length else b""
-    state_of(conn).observer.event(bool(write_p), version, content_type, data)
+    if content_type == _HANDSHAKE and data[:1] in _HELLOS and length > 8:
+        data = bytes(ffi.buffer(buf, length))
+    state_of(conn).observer.event(bool(write_p), version, content_type, data, length)
 
 
 _msg_callback: Any = ffi.callback(
@@ -194,6 +200,11 @@ def pending_output(conn: SSL.Connection) -> bytes:
         if not chunk:
             return out
         out += chunk
+
+
+def session_reused(conn: SSL.Connection) -> bool:
+    """Whether the handshake resumed a session (``SSL_session_reused``)."""
+    return bool(lib.SSL_session_reused(raw_ssl(conn)))
 
 
 def total_renegotiations(conn: SSL.Connection) -> int:

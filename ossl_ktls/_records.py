@@ -37,6 +37,8 @@ __all__ = [
     "CONTENT_TYPES",
     "ENCRYPTED_EXTENSIONS",
     "END_OF_EARLY_DATA",
+    "EXT_MAX_FRAGMENT_LENGTH",
+    "EXT_RECORD_SIZE_LIMIT",
     "FINISHED",
     "HANDSHAKE",
     "HANDSHAKE_HEADER_LEN",
@@ -58,14 +60,19 @@ __all__ = [
     "NewSessionTicket13",
     "RecordHeader",
     "RecordSplitter",
+    "SendLimit",
     "aead_record_limit",
     "encode_alert",
     "encode_handshake",
     "encode_key_update",
+    "hello_extensions",
     "parse_alert",
     "parse_key_update",
+    "parse_max_fragment_length",
     "parse_new_session_ticket_13",
     "parse_record_header",
+    "parse_record_size_limit",
+    "send_limit",
 ]
 
 #: Accepted wherever bytes are read (a socket buffer may be a bytearray or memoryview).
@@ -404,26 +411,26 @@ class _Reader:
     def __init__(self, data: BytesLike, what: str) -> None:
         self._data = bytes(data)
         self._pos = 0
-        self._what = what
+        self.what = what
 
-    def _take(self, n: int) -> bytes:
+    def take(self, n: int) -> bytes:
         end = self._pos + n
         if end > len(self._data):
-            raise DecodeError(f"{self._what} is truncated")
+            raise DecodeError(f"{self.what} is truncated")
         chunk = self._data[self._pos : end]
         self._pos = end
         return chunk
 
     def uint(self, size: int) -> int:
-        return int.from_bytes(self._take(size), "big")
+        return int.from_bytes(self.take(size), "big")
 
     def vector(self, len_size: int, minimum: int, maximum: int, field: str) -> bytes:
         length = self.uint(len_size)
         if not minimum <= length <= maximum:
             raise DecodeError(
-                f"{self._what} {field} length {length} is outside {minimum}..{maximum}"
+                f"{self.what} {field} length {length} is outside {minimum}..{maximum}"
             )
-        return self._take(length)
+        return self.take(length)
 
     def remaining(self) -> int:
         return len(self._data) - self._pos
@@ -526,3 +533,169 @@ def aead_record_limit(suite_name: str) -> int:
         return _RECORD_LIMITS[suite_name]
     except KeyError:
         raise UsageError(f"no record limit known for suite {suite_name!r}") from None
+
+
+# --------------------------------------------------------------------------- record sizes
+#
+# A peer may ask for smaller records than 2^14: RFC 6066 max_fragment_length (ClientHello,
+# answered in the ServerHello (TLS 1.2) or EncryptedExtensions (TLS 1.3); then binding on
+# both sides) or RFC 8449 record_size_limit (each side states what it takes; binding only
+# when both sent it). OpenSSL honours them in user space; the kernel knows nothing of them,
+# so the library must learn the limit from the hellos and cap kernel TX, or keep TX in user
+# space. Only these two extensions are kept from a hello.
+
+#: RFC 6066 section 4.
+EXT_MAX_FRAGMENT_LENGTH = 1
+#: RFC 8449 section 4.
+EXT_RECORD_SIZE_LIMIT = 28
+_RECORD_SIZE_EXTENSIONS = frozenset({EXT_MAX_FRAGMENT_LENGTH, EXT_RECORD_SIZE_LIMIT})
+_HELLO_NAMES = {CLIENT_HELLO: "ClientHello", SERVER_HELLO: "ServerHello"}
+
+
+def hello_extensions(
+    msg_type: int, body: BytesLike, *, keep: frozenset[int] = _RECORD_SIZE_EXTENSIONS
+) -> dict[int, bytes]:
+    """The extensions of a ClientHello, ServerHello or EncryptedExtensions body.
+
+    Layouts: ClientHello (RFC 8446 section 4.1.2, RFC 5246 section 7.4.1.2):
+    ``legacy_version(2) random(32) session_id<0..32> cipher_suites<2..2^16-2>
+    compression_methods<1..2^8-1> extensions<0..2^16-1>``, the extensions optional in
+    TLS 1.2; ServerHello (4.1.3): ``legacy_version(2) random(32) session_id<0..32>
+    cipher_suite(2) compression_method(1) extensions``; EncryptedExtensions (4.3.1):
+    ``extensions<0..2^16-1>``. Every length is checked and every byte accounted for.
+    Returns ``{type: data}`` for the extension types in *keep* (default: the two that
+    limit record sizes).
+
+    Raises:
+        DecodeError: a truncated or overlong field, trailing bytes, or an extension type
+            appearing twice (alert illegal_parameter, RFC 8446 section 4.2).
+        UsageError: *msg_type* is none of the three.
+    """
+    if msg_type == ENCRYPTED_EXTENSIONS:
+        r = _Reader(body, "EncryptedExtensions")
+    elif msg_type in _HELLO_NAMES:
+        r = _Reader(body, _HELLO_NAMES[msg_type])
+        r.uint(2)
+        r.take(32)  # random
+        r.vector(1, 0, 32, "legacy_session_id")
+        if msg_type == CLIENT_HELLO:
+            r.vector(2, 2, 2**16 - 2, "cipher_suites")
+            r.vector(1, 1, 255, "legacy_compression_methods")
+        else:
+            r.take(3)  # cipher_suite, legacy_compression_method
+        if not r.remaining():
+            return {}  # TLS 1.2 without extensions (RFC 5246 section 7.4.1.2)
+    else:
+        raise UsageError(f"handshake type {msg_type} carries no hello extensions")
+    block = _Reader(r.vector(2, 0, 2**16 - 1, "extensions"), f"{r.what} extension")
+    if r.remaining():
+        raise DecodeError(f"{r.what} has {r.remaining()} trailing bytes")
+    found: dict[int, bytes] = {}
+    seen: set[int] = set()
+    while block.remaining():
+        ext_type = block.uint(2)
+        data = block.vector(2, 0, 2**16 - 1, "extension_data")
+        if ext_type in seen:
+            raise DecodeError(
+                f"{r.what} repeats extension {ext_type} (RFC 8446 section 4.2)",
+                alert=_ALERT_ILLEGAL_PARAMETER,
+            )
+        seen.add(ext_type)
+        if ext_type in keep:
+            found[ext_type] = data
+    return found
+
+
+def parse_max_fragment_length(data: BytesLike) -> int:
+    """The plaintext limit a max_fragment_length extension names: 2^9, 2^10, 2^11 or 2^12.
+
+    RFC 6066 section 4: one byte, ``2^9(1), 2^10(2), 2^11(3), 2^12(4)``.
+
+    Raises:
+        DecodeError: not one byte (decode_error), or another value (illegal_parameter,
+            as section 4 requires).
+    """
+    raw = bytes(data)
+    if len(raw) != 1:
+        raise DecodeError(f"max_fragment_length must be 1 byte, got {len(raw)}")
+    if not 1 <= raw[0] <= 4:
+        raise DecodeError(
+            f"max_fragment_length code {raw[0]} is not 1..4", alert=_ALERT_ILLEGAL_PARAMETER
+        )
+    return 1 << (8 + raw[0])
+
+
+def parse_record_size_limit(data: BytesLike) -> int:
+    """The value of a record_size_limit extension (RFC 8449 section 4): a uint16 >= 64.
+
+    Raises:
+        DecodeError: not two bytes (decode_error), or below 64 (illegal_parameter:
+            "Endpoints MUST NOT send a 'record_size_limit' extension with a value
+            smaller than 64").
+    """
+    raw = bytes(data)
+    if len(raw) != 2:
+        raise DecodeError(f"record_size_limit must be 2 bytes, got {len(raw)}")
+    value = int.from_bytes(raw, "big")
+    if value < 64:
+        raise DecodeError(f"record_size_limit {value} is below 64", alert=_ALERT_ILLEGAL_PARAMETER)
+    return value
+
+
+class SendLimit(NamedTuple):
+    """The largest plaintext one record we send may carry, and which extension said so.
+
+    Attributes:
+        size: 64..2^14 bytes of content (TLS 1.3: without the inner content type byte),
+            the value ``TLS_TX_MAX_PAYLOAD_LEN`` takes; 2^14 when nothing limits it.
+        source: ``"max_fragment_length"``, ``"record_size_limit"``, or ``""`` (none).
+    """
+
+    size: int
+    source: str
+
+    @property
+    def limited(self) -> bool:
+        """Whether records must be smaller than 2^14."""
+        return self.size < MAX_PLAINTEXT
+
+
+def send_limit(
+    *,
+    tls13: bool,
+    is_server: bool,
+    client: dict[int, bytes],
+    server: dict[int, bytes],
+    resumed: bool = False,
+) -> SendLimit:
+    """What the hellos (the ClientHello's extensions, *client*, and the server's answer in
+    ServerHello and EncryptedExtensions, *server*) allow one record we send to carry.
+
+    * max_fragment_length (RFC 6066 section 4) binds both sides once the server echoed
+      it. On a resumed session it binds even unechoed ("the negotiated length applies for
+      the duration of the session including session resumptions"), and the hellos of a
+      resumption cannot tell what the first handshake agreed: the client's offer is taken
+      (never too large: a smaller record is always acceptable).
+    * record_size_limit (RFC 8449 section 4) binds what we send when both sides sent it;
+      the peer's value counts TLS 1.3's inner content type byte, so the content may be
+      one byte less. Values above the protocol's maximum mean no limit.
+
+    Raises:
+        DecodeError: an extension's value is malformed (see the parsers).
+    """
+    limits: list[tuple[int, str]] = []
+    if EXT_MAX_FRAGMENT_LENGTH in server:
+        limits.append(
+            (parse_max_fragment_length(server[EXT_MAX_FRAGMENT_LENGTH]), "max_fragment_length")
+        )
+    elif resumed and EXT_MAX_FRAGMENT_LENGTH in client:
+        limits.append(
+            (parse_max_fragment_length(client[EXT_MAX_FRAGMENT_LENGTH]), "max_fragment_length")
+        )
+    if EXT_RECORD_SIZE_LIMIT in client and EXT_RECORD_SIZE_LIMIT in server:
+        value = parse_record_size_limit((client if is_server else server)[EXT_RECORD_SIZE_LIMIT])
+        limits.append((value - 1 if tls13 else value, "record_size_limit"))
+    size, source = min(limits, default=(MAX_PLAINTEXT, ""))
+    if size >= MAX_PLAINTEXT:
+        return SendLimit(MAX_PLAINTEXT, "")
+    return SendLimit(size, source)

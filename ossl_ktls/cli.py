@@ -198,6 +198,10 @@ def format_probe(caps: Capabilities) -> str:
     lines.append(f"TLS 1.3 rekey (KeyUpdate, Linux 6.14+): {yes_no[caps.rekey]}")
     lines.append(f"zero-copy sendfile (TLS_TX_ZEROCOPY_RO): {yes_no[caps.zerocopy_sendfile]}")
     lines.append(f"RX expect no padding (TLS_RX_EXPECT_NO_PAD): {yes_no[caps.rx_expect_no_pad]}")
+    lines.append(
+        "TX record size cap for peers that negotiate smaller records "
+        f"(TLS_TX_MAX_PAYLOAD_LEN, Linux 6.19+): {yes_no[caps.tx_max_payload_len]}"
+    )
     return "\n".join(lines)
 
 

@@ -3,7 +3,9 @@
 Faults are armed after the handshake (``arm``) and count bytes from that moment, so
 the handshake always passes untouched. Modes: ``split`` (deliver one byte per send),
 ``flip`` (xor one bit at an offset), ``inject`` (insert bytes at an offset), ``fin`` /
-``rst`` (cut the connection at an offset with FIN or RST). Bounded: every socket has a
+``rst`` (cut the connection at an offset with FIN or RST). ``downstream()`` returns every
+server→client byte that was forwarded, for checks of what a client really saw on the wire
+(record sizes). Bounded: every socket has a
 timeout, and ``close()`` ends both pump threads.
 """
 
@@ -29,6 +31,7 @@ class FaultProxy:
         self._payload = b""
         self._count = 0
         self._seen = 0
+        self._forwarded = bytearray()
         self._threads: list[threading.Thread] = []
         self._socks: list[socket.socket] = []
         self._accepted = threading.Event()
@@ -86,6 +89,8 @@ class FaultProxy:
             for i in range(len(data)):
                 dst.sendall(data[i : i + 1])
                 time.sleep(0.0005)
+            with self._lock:
+                self._forwarded += data
             return True
         if mode in ("flip", "inject") and 0 <= at < len(data):
             if mode == "flip":
@@ -106,7 +111,14 @@ class FaultProxy:
                 dst.shutdown(socket.SHUT_WR)
             return False
         dst.sendall(data)
+        with self._lock:
+            self._forwarded += data
         return True
+
+    def downstream(self) -> bytes:
+        """The server→client bytes forwarded so far, in order (damaged as forwarded)."""
+        with self._lock:
+            return bytes(self._forwarded)
 
     def close(self) -> None:
         """Stop everything."""

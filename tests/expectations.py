@@ -27,15 +27,20 @@ class Expectation:
     tx: dict[str, tuple[str, ...]] = field(default_factory=dict)
     rx: dict[str, tuple[str, ...]] = field(default_factory=dict)
     rekey: bool = False
+    #: TLS_TX_MAX_PAYLOAD_LEN (Linux 6.19+): kernel TX keeps to a record size the peer
+    #: negotiated; without it TX stays in user space on such connections.
+    tx_max_payload_len: bool = False
 
     def has(self, direction: str, version: str, cipher: str) -> bool:
         table = self.tx if direction == "tx" else self.rx
         return cipher in table.get(version, ())
 
 
-def _full(name: str, *, rekey: bool) -> Expectation:
+def _full(name: str, *, rekey: bool, tx_max_payload_len: bool = False) -> Expectation:
     both = {"1.2": ALL_CIPHERS, "1.3": ALL_CIPHERS}
-    return Expectation(name=name, ulp=True, tx=both, rx=both, rekey=rekey)
+    return Expectation(
+        name=name, ulp=True, tx=both, rx=both, rekey=rekey, tx_max_payload_len=tx_max_payload_len
+    )
 
 
 _NONE: dict[str, tuple[str, ...]] = {"1.2": (), "1.3": ()}
@@ -45,10 +50,11 @@ DECLARED: dict[str, Expectation] = {
     "host": Expectation(name="host", ulp=False, tx=_NONE, rx=_NONE),
     # Debian bullseye's 5.10 is built without CONFIG_TLS.
     "kernel-5.10": Expectation(name="kernel-5.10", ulp=False, tx=_NONE, rx=_NONE),
+    # Before 6.19 TLS_TX_MAX_PAYLOAD_LEN is unknown (ENOPROTOOPT).
     "kernel-6.1": _full("kernel-6.1", rekey=False),
     "kernel-6.12": _full("kernel-6.12", rekey=False),
-    # 6.14+ can rekey TLS 1.3 in both directions.
-    "kernel-7.2": _full("kernel-7.2", rekey=True),
+    # 6.14+ can rekey TLS 1.3 in both directions; 6.19+ caps TX record sizes.
+    "kernel-7.2": _full("kernel-7.2", rekey=True, tx_max_payload_len=True),
 }
 
 

@@ -193,6 +193,7 @@ def test_probe_json_and_table(
     data = json.loads(done.stdout)
     assert set(data) == {
         *("kernel", "ulp", "tx", "rx", "rekey", "zerocopy_sendfile", "rx_expect_no_pad"),
+        "tx_max_payload_len",
     }
     assert data["kernel"] == os.uname().release
     for direction in ("tx", "rx"):
@@ -202,6 +203,7 @@ def test_probe_json_and_table(
     if declared is not None:
         assert data["ulp"] == declared.ulp
         assert data["rekey"] == declared.rekey
+        assert data["tx_max_payload_len"] == declared.tx_max_payload_len
         for version in ("1.2", "1.3"):
             assert sorted(data["tx"][version]) == sorted(declared.tx[version])
             assert sorted(data["rx"][version]) == sorted(declared.rx[version])

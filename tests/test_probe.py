@@ -13,8 +13,8 @@ from tests import expectations
 
 def test_probe_matches_declaration(declared: expectations.Expectation | None) -> None:
     """probe() finds by trying exactly what the environment declares: ULP, TX and RX
-    ciphers per TLS version, and TLS 1.3 rekey. Any difference fails the run, so a wrong
-    declaration (or a kernel that changed) cannot go unnoticed."""
+    ciphers per TLS version, TLS 1.3 rekey, and the TX record size cap. Any difference
+    fails the run, so a wrong declaration (or a kernel that changed) cannot go unnoticed."""
     caps = ossl_ktls.probe()
     if declared is None:
         pytest.fail(
@@ -27,6 +27,7 @@ def test_probe_matches_declaration(declared: expectations.Expectation | None) ->
         assert sorted(caps.tx.get(version, ())) == sorted(declared.tx.get(version, ())), version
         assert sorted(caps.rx.get(version, ())) == sorted(declared.rx.get(version, ())), version
     assert caps.rekey == declared.rekey
+    assert caps.tx_max_payload_len == declared.tx_max_payload_len
     if not caps.ulp:
         assert caps.ulp_error and "tls" in caps.ulp_error
 
@@ -43,6 +44,7 @@ def test_probe_json_shape() -> None:
         "rekey",
         "zerocopy_sendfile",
         "rx_expect_no_pad",
+        "tx_max_payload_len",
     }
     assert isinstance(data["ulp"], bool) and isinstance(data["rekey"], bool)
     names = set(expectations.ALL_CIPHERS)
