@@ -140,14 +140,20 @@ def _serve(
     assert len(data_records) >= PAYLOAD_BYTES // limit, "fewer records than the limit allows"
 
 
-def _accept(listener: socket.socket, ctx: SSL.Context) -> ossl_ktls.KTLSConnection:
+def _accept(
+    listener: socket.socket, ctx: SSL.Context, *, require: bool = False, rx: bool = True
+) -> ossl_ktls.KTLSConnection:
     """Accept one client and ``wrap()`` it (the handshake happens in there)."""
     listener.settimeout(TIMEOUT)
     sock, _ = listener.accept()
     conn = SSL.Connection(ctx, sock)
     conn.set_accept_state()
     sock.settimeout(TIMEOUT)
-    return ossl_ktls.wrap(conn)
+    try:
+        return ossl_ktls.wrap(conn, require=require, rx=rx)
+    except BaseException:
+        sock.close()
+        raise
 
 
 @pytest.mark.parametrize("size", MAX_FRAGMENT_LENGTHS)
@@ -264,3 +270,26 @@ def test_gnutls_cli_record_size(
         )
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_require_with_a_record_size_limit(peers: PeerFactory, certs: CertSet, version: str) -> None:
+    """``wrap(require=True)`` facing ``s_client -maxfraglen 512``: TX in the kernel, capped,
+    where the kernel can cap records; elsewhere ``KTLSUnavailable`` naming the reason
+    (the limit on a kernel with kTLS but no cap, the missing kTLS on one without)."""
+    env = current()
+    kernel_tx = env is None or env.has("tx", version, CIPHER)
+    can_cap = env is None or env.tx_max_payload_len
+    listener = peers.listen()
+    argv = s_client_argv(listener.port, certs, version, CIPHER, extra=["-maxfraglen", "512"])
+    peers.client("openssl s_client -maxfraglen", argv)
+    if kernel_tx and can_cap:
+        k = _accept(listener.sock, server_context(certs, version, CIPHER), require=True, rx=False)
+        peers.track(k)
+        assert (k.ktls_tx, k.tx_record_limit) == (True, 512), k.fallback_reason
+        k.close()
+        return
+    with pytest.raises(ossl_ktls.KTLSUnavailable) as info:
+        _accept(listener.sock, server_context(certs, version, CIPHER), require=True, rx=False)
+    if kernel_tx:
+        assert "limited records to 512 bytes (max_fragment_length)" in str(info.value)

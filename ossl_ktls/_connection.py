@@ -1254,6 +1254,8 @@ def wrap(
         reasons.append(f"the cipher {cipher_name} has no kernel TLS equivalent")
     elif _openssl.total_renegotiations(conn):
         reasons.append("the session was renegotiated")
+    elif obs.compression:
+        reasons.append(f"the session uses TLS compression (method {obs.compression})")
     elif not caps.ulp:
         reasons.append(caps.ulp_error or "the kernel has no 'tls' ULP")
     if reasons:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._errors import Error
-from ._records import ENCRYPTED_EXTENSIONS, hello_extensions
+from ._records import ENCRYPTED_EXTENSIONS, hello_extensions, server_hello_compression
 
 HEADER = 0x100
 CHANGE_CIPHER_SPEC = 20
@@ -76,6 +76,8 @@ class RecordObserver:
     server_extensions: dict[int, bytes] = field(default_factory=dict)
     #: Why a hello could not be parsed (then the record size limit is unknown).
     hello_error: str | None = None
+    #: The ServerHello's compression method (TLS 1.2; 0: none).
+    compression: int = 0
     #: TLS 1.3 records we wrote with handshake/alert content: their count, the sum of
     #: their lengths, and the content the message callbacks reported for them.
     written_sealed_records: int = 0
@@ -144,8 +146,10 @@ class RecordObserver:
             return
         if msg_type == HS_CLIENT_HELLO:
             self.client_extensions = found  # the second ClientHello (after HRR) counts
-        else:
-            self.server_extensions.update(found)
+            return
+        self.server_extensions.update(found)
+        if msg_type == HS_SERVER_HELLO:
+            self.compression = server_hello_compression(message[4:])
 
     def _account_write(self, content_type: int, data: bytes, length: int) -> None:
         if content_type == HEADER and len(data) >= 5:

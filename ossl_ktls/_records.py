@@ -73,6 +73,7 @@ __all__ = [
     "parse_record_header",
     "parse_record_size_limit",
     "send_limit",
+    "server_hello_compression",
 ]
 
 #: Accepted wherever bytes are read (a socket buffer may be a bytearray or memoryview).
@@ -604,6 +605,21 @@ def hello_extensions(
         if ext_type in keep:
             found[ext_type] = data
     return found
+
+
+def server_hello_compression(body: BytesLike) -> int:
+    """The ``legacy_compression_method`` of a ServerHello body (RFC 5246 section 7.4.1.3;
+    RFC 8446 section 4.1.3 makes it 0). Non-zero means TLS 1.2 compression, which kernel
+    TLS cannot do.
+
+    Raises:
+        DecodeError: the body ends before the field.
+    """
+    r = _Reader(body, "ServerHello")
+    r.take(2 + 32)  # legacy_version, random
+    r.vector(1, 0, 32, "legacy_session_id")
+    r.take(2)  # cipher_suite
+    return r.uint(1)
 
 
 def parse_max_fragment_length(data: BytesLike) -> int:

@@ -44,12 +44,14 @@ ExpectKernel = Callable[[str, str, str], bool]
 # ---------------------------------------------------------------- helpers
 
 
-def cli(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m ossl_ktls ARGS`` to completion."""
+def cli(
+    *args: str, timeout: float = TIMEOUT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m ossl_ktls ARGS`` to completion (*env*: extra variables)."""
     return subprocess.run(
         [sys.executable, "-m", "ossl_ktls", *args],
         cwd=REPO,
-        env=cli_env(),
+        env={**cli_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -260,6 +262,56 @@ def test_send_to_s_server(
     check_ktls_state(summary, "tx", expect_kernel("tx", version, "aes-128-gcm"))
     assert received.stat().st_size == PAYLOAD
     assert sha256(received) == sha256(payload_file)
+
+
+def test_send_keeps_record_padding(
+    certs: Certs, tmp_path: Path, expect_kernel: ExpectKernel
+) -> None:
+    """``RecordPadding = 256`` in the OpenSSL configuration (``OPENSSL_CONF``) keeps its
+    effect: kernel TX cannot pad, so ``send`` keeps TX in user space and says why, RX goes
+    as declared; every TLS 1.3 record s_server reads from us that is not full-size is
+    padded to the block (length - 16-byte tag a multiple of 256, by s_server's own ``-msg``
+    trace), and the
+    file arrives intact (size, SHA-256)."""
+    version, block = "1.3", 256
+    conf = tmp_path / "openssl.cnf"
+    conf.write_text(
+        "openssl_conf = openssl_init\n[openssl_init]\nssl_conf = ssl_module\n"
+        "[ssl_module]\nsystem_default = ssl_defaults\n"
+        f"[ssl_defaults]\nRecordPadding = {block}\n",
+        encoding="ascii",
+    )
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom((256 << 10) + 1000))
+    received, msgfile = tmp_path / "received.bin", tmp_path / "s_server.msg"
+    with s_server(certs, received, msgfile=msgfile) as (server, port):
+        done = cli(
+            *("send", f"127.0.0.1:{port}", str(payload), "--json"),
+            *("--tls", version, "--cipher", "aes-128-gcm", "--cafile", str(certs.ca)),
+            *("--servername", "localhost"),
+            env={"OPENSSL_CONF": str(conf)},
+        )
+        assert done.returncode == 0, done.stderr
+        server.wait(timeout=TIMEOUT)
+    summary = json.loads(done.stdout)
+    assert summary["ktls_tx"] is False, summary
+    if expect_kernel("tx", version, "aes-128-gcm"):
+        assert "pads our TLS 1.3 records" in summary["fallback_reason"], summary
+    assert (received.stat().st_size, sha256(received)) == (payload.stat().st_size, sha256(payload))
+    lines = msgfile.read_text(encoding="ascii", errors="replace").splitlines()
+    lengths = [
+        int.from_bytes(bytes.fromhex(lines[i + 1].strip())[3:5], "big")
+        for i, line in enumerate(lines[:-1])
+        if line.startswith("<<< ")
+        and "RecordHeader" in line
+        and lines[i + 1].strip().startswith("17 03 03")
+    ]
+    # OpenSSL pads only where the block fits under the 2^14 + 1 inner plaintext limit:
+    # full records stay full; every other record (Finished, the tail, close_notify) pads.
+    full = 16384 + 1 + 16
+    assert lengths.count(full) == (256 << 10) // 16384, lengths
+    padded = [n for n in lengths if n != full]
+    assert len(padded) >= 3 and all((n - 16) % block == 0 for n in padded), lengths
 
 
 def test_client_errors(certs: Certs, payload_file: Path, tmp_path: Path) -> None:

@@ -158,6 +158,29 @@ def test_hello_extensions_random_bytes_only_decode_errors(data: bytes, msg_type:
         r.hello_extensions(msg_type, data)
 
 
+def test_server_hello_compression() -> None:
+    """The ServerHello's compression method, read by the observer from the message it is
+    fed: 0 normally, what the server chose otherwise (kernel TLS cannot compress)."""
+    assert r.server_hello_compression(server_hello([])) == 0
+    compressed = bytearray(server_hello(None))
+    compressed[-1] = 1  # DEFLATE (RFC 3749)
+    assert r.server_hello_compression(compressed) == 1
+    with pytest.raises(DecodeError):
+        r.server_hello_compression(compressed[:-1])
+    obs = RecordObserver()
+    message = bytes([r.SERVER_HELLO]) + len(compressed).to_bytes(3, "big") + compressed
+    obs.event(False, 0x0303, r.HANDSHAKE, message)
+    assert (obs.compression, obs.hello_error) == (1, None)
+
+
+def test_observer_records_a_malformed_hello_as_unknown() -> None:
+    """A hello the observer cannot parse never raises into OpenSSL's callback: it is kept
+    as ``hello_error`` (TX then stays in user space)."""
+    obs = RecordObserver()
+    obs.event(True, 0x0303, r.HANDSHAKE, bytes([r.CLIENT_HELLO, 0, 0, 3]) + b"\x03\x03\x00")
+    assert obs.hello_error is not None and "truncated" in obs.hello_error
+
+
 # --- the two extension values -------------------------------------------------------------
 
 
@@ -396,6 +419,7 @@ def test_live_plain_client_has_no_limit(certs: Certs, version: str) -> None:
     argv.append("-tls1_3" if version == "1.3" else "-tls1_2")
     obs, resumed = _server_sees(certs, version, argv)
     assert MFL not in obs.client_extensions and MFL not in obs.server_extensions
+    assert (obs.compression, obs.hello_error, obs.padding_written(16)) == (0, None, 0)
     assert tx_record_plan(obs, version, is_server=True, resumed=resumed, can_cap=False) == (
         r.SendLimit(16384, ""),
         None,
