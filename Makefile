@@ -5,7 +5,8 @@
 #                     ARGS=... goes to pytest in the host and kernel environments
 #   make demo         setup, fetch the newest kernel, move a file over kernel TLS
 #   make bench        the benchmark inside the newest lab kernel -> docs/benchmarks.{md,json,png}
-#   make lint | type | host | kernel-5.10 | kernel-6.1 | kernel-6.12 | kernel-7.2
+#   make lint | type | host | host-py312 | host-py313 | mindeps
+#   make kernel-5.10 | kernel-6.1 | kernel-6.12 | kernel-7.2
 #                     one tox environment; pytest arguments via ARGS="-k something"
 #   make kernels      fetch (or refresh) all lab kernels into the cache
 SHELL := /bin/bash
@@ -17,10 +18,16 @@ SERIES := 5.10 6.1 6.12 7.2
 KERNEL_ENVS := $(addprefix kernel-,$(SERIES))
 ARGS ?=
 
-# vng (virtme-ng) and tox come from the lab venv.
-export PATH := $(CURDIR)/$(LAB_VENV)/bin:$(PATH)
+# vng (virtme-ng) and tox come from the lab venv; the other Pythons the package claims
+# (host-py312, host-py313) from pyenv's versions, where this machine image keeps them
+# (last on PATH: python3 stays what it was)
+PYENV_ROOT ?= $(HOME)/.pyenv
+OTHER_PYTHONS := $(foreach v,3.12 3.13,$(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/$(v).*/bin))))
+empty :=
+space := $(empty) $(empty)
+export PATH := $(CURDIR)/$(LAB_VENV)/bin:$(subst $(space),:,$(strip $(PATH) $(OTHER_PYTHONS)))
 
-.PHONY: setup test demo bench lint type host kernels $(KERNEL_ENVS)
+.PHONY: setup test demo bench lint type host host-py312 host-py313 mindeps kernels $(KERNEL_ENVS)
 
 setup:
 	bash interop/setup.sh
@@ -41,5 +48,5 @@ bench: setup
 kernels: $(SETUP_STAMP)
 	$(PY) -m interop.kernels fetch $(SERIES)
 
-lint type host $(KERNEL_ENVS): $(SETUP_STAMP)
+lint type host host-py312 host-py313 mindeps $(KERNEL_ENVS): $(SETUP_STAMP)
 	$(TOX) -e $@ $(if $(ARGS),-- $(ARGS))

@@ -1,9 +1,10 @@
 """Run the whole tox matrix and summarise it: ``python -m interop.matrix``.
 
 Fetches every kernel first (so the kernel environments boot the newest packages), then
-runs ``lint``, ``type``, ``host``, then the four ``kernel-*`` environments two at a time
-(``--jobs``), each to the end even when another failed, and prints one line per environment: kernel
-release, passed/failed/skipped/errors from its JUnit report, wall time. The summary is
+runs ``lint``, ``type``, ``host``, ``host-py312``, ``host-py313`` and ``mindeps``, then the
+four ``kernel-*`` environments two at a time (``--jobs``), each to the end even when
+another failed, and prints one line per environment: kernel release,
+passed/failed/skipped/errors from its JUnit report, wall time. The summary is
 also written to ``reports/matrix.json``. The exit status is non-zero when any
 environment failed.
 """
@@ -24,7 +25,11 @@ from pathlib import Path
 
 from interop import kernels
 
-ENVS = ("lint", "type", "host", "kernel-5.10", "kernel-6.1", "kernel-6.12", "kernel-7.2")
+ENVS = (
+    *("lint", "type", "host", "host-py312", "host-py313", "mindeps"),
+    *("kernel-5.10", "kernel-6.1", "kernel-6.12", "kernel-7.2"),
+)
+_PYTEST_ENVS = ("host", "mindeps", "kernel-")
 REPORTS = Path("reports")
 
 
@@ -80,7 +85,7 @@ def run_env(env: str, tox: list[str], posargs: list[str], log: Path | None = Non
     result = Result(env)
     junit = REPORTS / f"junit-{env}.xml"
     junit.unlink(missing_ok=True)
-    pytest_env = env == "host" or env.startswith("kernel-")
+    pytest_env = env.startswith(_PYTEST_ENVS)
     cmd = [*tox, "-e", env, *(["--", *posargs] if posargs and pytest_env else [])]
     banner = f"==== {env}: {' '.join(cmd)} "
     print(f"\n{banner:=<100}", flush=True)
@@ -106,7 +111,7 @@ def run_env(env: str, tox: list[str], posargs: list[str], log: Path | None = Non
             result.counts, result.release = read_junit(junit)
         except (ET.ParseError, ValueError) as exc:
             result.note = f"unreadable {junit}: {exc}"
-    elif env.startswith(("host", "kernel-")):
+    elif env.startswith(_PYTEST_ENVS):
         result.note = f"no {junit}"
     return result
 

@@ -516,12 +516,22 @@ class Peer:
         return None if self.proc is None else self.proc.poll()
 
     def wait(self, timeout: float = TIMEOUT) -> int:
-        """Wait for the peer to exit by itself; its exit status."""
+        """Wait for the peer to exit by itself; its exit status.
+
+        Also waits for the reader threads to reach the end of its output, so the log and
+        the sink are complete when this returns (a check of the log right after an exit
+        must not race the last lines).
+        """
         assert self.proc is not None
+        deadline = time.monotonic() + timeout
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise PeerError(f"{self.name} still running after {timeout}s") from None
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                raise PeerError(f"{self.name} exited but its {t.name} pipe is still open")
         self.log.add("test", f"exited with status {rc}")
         return rc
 

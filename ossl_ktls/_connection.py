@@ -74,14 +74,12 @@ from ._keys import (
     tls13_next_traffic_secret,
     tls13_traffic_key_iv,
 )
-from ._observer import RecordObserver
+from ._policy import Handshake, Request, plan
 from ._suites import Suite, suite_for_openssl_name
 
 TicketCallback = Callable[["KTLSConnection", bytes], None]
 
 _MAX_RECORD = 16384
-# Every suite the kernel takes (GCM, CCM with a 16-byte tag, ChaCha20-Poly1305).
-_AEAD_TAG_LEN = 16
 _ALERT_WARNING, _ALERT_FATAL = 1, 2
 _CLOSE_NOTIFY = 0
 _NO_RENEGOTIATION = 100
@@ -1244,53 +1242,24 @@ def wrap(
     suite = suite_for_openssl_name(cipher_name) if version else None
     k.suite = suite
 
-    reasons: list[str] = []
     refused: list[str] = []  # optional settings the kernel did not take
-    want_tx, want_rx = tx, rx
     caps = uapi.probe()
-    if not version:
-        reasons.append(f"{conn.get_protocol_version_name()} is not TLS 1.2 or 1.3")
-    elif suite is None:
-        reasons.append(f"the cipher {cipher_name} has no kernel TLS equivalent")
-    elif _openssl.total_renegotiations(conn):
-        reasons.append("the session was renegotiated")
-    elif obs.compression:
-        reasons.append(f"the session uses TLS compression (method {obs.compression})")
-    elif not caps.ulp:
-        reasons.append(caps.ulp_error or "the kernel has no 'tls' ULP")
-    if reasons:
-        want_tx = want_rx = False
-    else:
-        assert suite is not None
-        if want_tx and not caps.supports("tx", version, suite.name):
-            reasons.append(f"the kernel does not take TLS {version} {suite.name} on TX")
-            want_tx = False
-        if want_rx and not caps.supports("rx", version, suite.name):
-            reasons.append(f"the kernel does not take TLS {version} {suite.name} on RX")
-            want_rx = False
-        if want_rx and version == "1.3" and not caps.rekey and not rx_without_rekey:
-            reasons.append(
-                "RX stays in user space: this kernel cannot rekey TLS 1.3 (before 6.14), so "
-                "a peer's KeyUpdate would break kernel RX (rx_without_rekey=True overrides)"
-            )
-            want_rx = False
-        if want_rx and version == "1.3" and obs.read_open:
-            reasons.append("RX stays in user space: OpenSSL holds part of a record")
-            want_rx = False
-
-    if version:
-        send_limit, tx_reason = tx_record_plan(
-            obs,
-            version,
-            is_server=k._is_server,
-            resumed=_openssl.session_reused(conn),
-            can_cap=caps.tx_max_payload_len,
-        )
-        k.tx_record_limit = send_limit.size
-        if want_tx and tx_reason is not None:
-            reasons.append(tx_reason)
-            want_tx = False
-
+    handshake = Handshake(
+        version=version,
+        version_name=conn.get_protocol_version_name() or "",
+        cipher_name=cipher_name,
+        suite=suite,
+        is_server=k._is_server,
+        resumed=_openssl.session_reused(conn),
+        renegotiated=bool(_openssl.total_renegotiations(conn)),
+        # Only TLS 1.2 needs the look (TLS 1.3 knows exactly from the observer).
+        rx_at_record_boundary=version != "1.2" or _peek_record_boundary(sock),
+        observer=obs,
+    )
+    chosen = plan(handshake, caps, Request(tx, rx, rx_without_rekey))
+    reasons = list(chosen.reasons)
+    want_tx, want_rx = chosen.tx, chosen.rx
+    k.tx_record_limit = chosen.tx_record_limit
     if require and ((tx and not want_tx) or (rx and not want_rx)):
         raise KTLSUnavailable("kernel TLS cannot take over: " + "; ".join(reasons))
 
@@ -1298,12 +1267,6 @@ def wrap(
     while conn.pending() > 0:
         k._rx_plain += conn.recv(conn.pending())
     _openssl.detach_from_socket(conn)
-
-    if want_rx and version == "1.2" and not _peek_record_boundary(sock):
-        reasons.append("RX stays in user space: the socket is not at a record boundary")
-        want_rx = False
-        if require and rx:
-            raise KTLSUnavailable("kernel TLS cannot take over: " + "; ".join(reasons))
 
     if want_tx or want_rx:
         assert suite is not None
@@ -1448,45 +1411,3 @@ def _install(
             if not caps.rekey or not (k.ktls_tx or k.ktls_rx):
                 k._wipe()
     return cap_refused
-
-
-def tx_record_plan(
-    obs: RecordObserver, version: str, *, is_server: bool, resumed: bool, can_cap: bool
-) -> tuple[_records.SendLimit, str | None]:
-    """How large the records we send may be, and why TX must stay in user space if so.
-
-    Pure: decided from what the handshake showed (the hellos' record-size extensions,
-    the sizes of the TLS 1.3 records OpenSSL wrote) and whether the kernel can cap kernel
-    TX records (``TLS_TX_MAX_PAYLOAD_LEN``). Kernel TX would otherwise send 2^14-byte
-    records to a peer that asked for smaller ones (it fails them: data loss), or stop
-    the record padding OpenSSL was configured to do. OpenSSL in user space honours both.
-    """
-    unlimited = _records.SendLimit(_MAX_RECORD, "")
-    why = "TX stays in user space: "
-    if obs.hello_error is not None:
-        return unlimited, why + f"the record size the peer accepts is unknown ({obs.hello_error})"
-    try:
-        limit = _records.send_limit(
-            tls13=version == "1.3",
-            is_server=is_server,
-            client=obs.client_extensions,
-            server=obs.server_extensions,
-            resumed=resumed,
-        )
-    except Error as exc:
-        return unlimited, why + f"the record size the peer accepts is unknown ({exc})"
-    if version == "1.3":
-        padding = obs.padding_written(_AEAD_TAG_LEN)
-        if padding > 0:
-            return limit, why + (
-                "OpenSSL pads our TLS 1.3 records (RecordPadding in its configuration), "
-                "and kernel TX cannot pad"
-            )
-        if padding < 0:
-            return limit, why + "the sizes of the TLS 1.3 records OpenSSL wrote do not add up"
-    if limit.limited and not can_cap:
-        return limit, why + (
-            f"the peer limited records to {limit.size} bytes ({limit.source}), and this "
-            "kernel cannot cap the records of kernel TX (TLS_TX_MAX_PAYLOAD_LEN, Linux 6.19+)"
-        )
-    return limit, None

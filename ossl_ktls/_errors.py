@@ -190,9 +190,10 @@ def from_errno(err: int, operation: str) -> Error:
     """Map a kernel errno from a TLS socket operation to the library's exception.
 
     ``operation`` is a short phrase ("receive", "sendfile", ...) put into the message.
-    Errors that are plain connection errors (ECONNRESET, EPIPE, ...) become
-    :class:`KernelError` instances that are also the matching builtin ``OSError``
-    subclass's errno, so ``except ConnectionResetError`` style checks on ``errno`` work.
+    Transport failures become :class:`KernelError` instances that are also the builtin
+    exception the socket module would raise: ECONNRESET a ``ConnectionResetError``, EPIPE
+    a ``BrokenPipeError``, ECONNABORTED a ``ConnectionAbortedError``, ETIMEDOUT a
+    ``ConnectionError``; so ``except ConnectionResetError`` works as with a plain socket.
     """
     text = f"{operation} failed: {os.strerror(err)} (errno {err})"
     cls = _ERRNO_CLASSES.get(err)
@@ -202,10 +203,31 @@ def from_errno(err: int, operation: str) -> Error:
         return ProtocolError(
             f"{operation} failed: the kernel rejected a record (EINVAL)", errno=err, alert=50
         )
-    if err in (_errno.ECONNRESET, _errno.EPIPE, _errno.ECONNABORTED, _errno.ETIMEDOUT):
-        return _ConnectionKernelError(text, errno=err)
+    transport = _TRANSPORT_CLASSES.get(err)
+    if transport is not None:
+        return transport(text, errno=err)
     return KernelError(text, errno=err)
 
 
 class _ConnectionKernelError(KernelError, ConnectionError):
-    """A transport-level failure (reset, broken pipe) reported by the kernel."""
+    """A transport-level failure reported by the kernel (ETIMEDOUT)."""
+
+
+class _ResetKernelError(KernelError, ConnectionResetError):
+    """The peer reset the connection (ECONNRESET)."""
+
+
+class _BrokenPipeKernelError(KernelError, BrokenPipeError):
+    """The connection is closed for writing (EPIPE)."""
+
+
+class _AbortedKernelError(KernelError, ConnectionAbortedError):
+    """The connection was aborted (ECONNABORTED)."""
+
+
+_TRANSPORT_CLASSES: dict[int, type[KernelError]] = {
+    _errno.ECONNRESET: _ResetKernelError,
+    _errno.EPIPE: _BrokenPipeKernelError,
+    _errno.ECONNABORTED: _AbortedKernelError,
+    _errno.ETIMEDOUT: _ConnectionKernelError,
+}

@@ -257,15 +257,32 @@ def test_tls13_next_traffic_secret_cross_check(hash_name: str) -> None:
         secret = nxt
 
 
-def test_tls13_next_traffic_secret_pinned() -> None:
-    """Pins the first update of RFC 8448's client application secret (regression guard).
-
-    Value computed by :func:`independent_traffic_update` (cryptography's HKDFExpand over a
-    hand-built HkdfLabel), not from a published trace.
+@pytest.mark.parametrize("hash_name", ["sha256", "sha384"])
+def test_tls13_next_traffic_secret_against_openssl_kdf(hash_name: str) -> None:
+    """The "traffic upd" step (RFC 8446 7.2) equals OpenSSL's own HKDF-Expand (``openssl
+    kdf ... -kdfopt mode:EXPAND_ONLY HKDF``, another implementation than cryptography's)
+    over a HkdfLabel built here: from the RFC 8448 client application secret (SHA-256) or
+    a SHA-384-sized secret. A missing ``openssl kdf`` fails (make setup installs it).
     """
-    assert tls13_next_traffic_secret("sha256", CLIENT_AP_SECRET) == independent_traffic_update(
-        "sha256", CLIENT_AP_SECRET
+    secret = CLIENT_AP_SECRET if hash_name == "sha256" else bytes(range(48))
+    size = len(secret)
+    label = b"tls13 traffic upd"
+    info = size.to_bytes(2, "big") + bytes([len(label)]) + label + b"\x00"
+    exe = shutil.which("openssl")
+    if exe is None:
+        pytest.fail("the openssl command is missing (make setup installs it)")
+    proc = subprocess.run(
+        [
+            *(exe, "kdf", "-binary", "-keylen", str(size)),
+            *("-kdfopt", f"digest:{hash_name.upper()}", "-kdfopt", "mode:EXPAND_ONLY"),
+            *("-kdfopt", f"hexkey:{secret.hex()}", "-kdfopt", f"hexinfo:{info.hex()}", "HKDF"),
+        ],
+        capture_output=True,
+        check=False,
+        timeout=30,
     )
+    assert proc.returncode == 0, proc.stderr
+    assert tls13_next_traffic_secret(hash_name, secret) == proc.stdout
 
 
 # --- TLS 1.2 PRF --------------------------------------------------------------------------
@@ -395,7 +412,8 @@ def _openssl_tls1_prf(digest: str, secret: bytes, seed: bytes, length: int) -> b
 def test_tls12_key_block_live_openssl(suite_name: str) -> None:
     """Same as the pinned test, against the ``openssl kdf`` of the machine running it.
 
-    Skips (saying so) only when no ``openssl`` command with the ``kdf`` verb exists.
+    Fails when no ``openssl`` command with the ``kdf`` verb exists: a missing tool is a
+    failure, not a skip (``make setup`` installs OpenSSL 3).
     """
     suite = SUITES[suite_name]
     n = 2 * suite.key_len + 2 * suite.fixed_iv_len_tls12
@@ -404,7 +422,7 @@ def test_tls12_key_block_live_openssl(suite_name: str) -> None:
         digest, KB_MASTER, b"key expansion" + KB_SERVER_RANDOM + KB_CLIENT_RANDOM, n
     )
     if out is None:
-        pytest.skip("no `openssl kdf ... TLS1-PRF` on this machine (needs OpenSSL 3)")
+        pytest.fail("no `openssl kdf ... TLS1-PRF` on this machine (needs OpenSSL 3)")
     kb = tls12_key_block(
         suite.hash_name,
         KB_MASTER,

@@ -27,9 +27,9 @@ from OpenSSL import SSL
 import ossl_ktls
 from ossl_ktls import _openssl
 from ossl_ktls import _records as r
-from ossl_ktls._connection import tx_record_plan
 from ossl_ktls._errors import DecodeError, UsageError
 from ossl_ktls._observer import RecordObserver
+from ossl_ktls._policy import tx_record_plan
 from tests._pairs import Certs
 
 from ._hypothesis_profiles import load
@@ -433,7 +433,7 @@ import json, socket, sys
 from OpenSSL import SSL
 import ossl_ktls
 from ossl_ktls import _openssl
-from ossl_ktls._connection import tx_record_plan
+from ossl_ktls._policy import tx_record_plan
 
 cert, key = sys.argv[1], sys.argv[2]
 server_ctx = SSL.Context(SSL.TLS_SERVER_METHOD)

@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -192,10 +193,16 @@ def test_user_keylog_callback_keeps_working(certs: Certs, when: str, version: st
     k.close()
 
 
-def test_secrets_not_kept_or_shown(certs: Certs, caplog: pytest.LogCaptureFixture) -> None:
+def test_secrets_not_kept_or_shown(
+    certs: Certs,
+    caplog: pytest.LogCaptureFixture,
+    expect_kernel: Callable[[str, str, str], bool],
+    can_rekey: bool,
+) -> None:
     """No key material appears in repr() or in any log record (captured at DEBUG over a
     whole session), and the captured traffic secrets are wiped from the Connection's
-    state once installed (kept only where the kernel can rekey TLS 1.3)."""
+    state once installed. They are kept (for rekeying) exactly where the kernel carries
+    a direction and can rekey TLS 1.3, and those kept buffers are zero after close()."""
     caplog.set_level(logging.DEBUG)
     lines: list[bytes] = []
     cctx = make_context(certs, server=False, version="1.3", cipher="aes-128-gcm", prepare=False)
@@ -213,9 +220,15 @@ def test_secrets_not_kept_or_shown(certs: Certs, caplog: pytest.LogCaptureFixtur
         assert secret.hex() not in text
         assert secret.hex().upper() not in text
         assert repr(secret) not in text
+    kept = list(k._secrets.values())  # the very buffers close() must wipe
+    in_kernel = expect_kernel("tx", "1.3", "aes-128-gcm") or expect_kernel(
+        "rx", "1.3", "aes-128-gcm"
+    )
+    assert len(kept) == (2 if in_kernel and can_rekey else 0), "secrets kept against policy"
+    assert all(any(buf) for buf in kept), "a secret kept for rekeying is already zero"
     k.close()
-    for buf in k._secrets.values():
-        assert not any(buf)
+    assert not any(any(buf) for buf in kept), "close() left a secret unwiped"
+    assert k._secrets == {}
 
 
 def test_failed_verification_hands_nothing_over(certs: Certs) -> None:
