@@ -55,7 +55,7 @@ def estimate(n: int = 100) -> Json:
     """Median client handshake (plain, prepared) and wrap() times, per suite, in ms."""
     from ossl_ktls import _linux_tls as uapi
 
-    ciphers = tuple(uapi.CIPHER_LAYOUT)
+    ciphers = uapi.CIPHER_NAMES
     caps = uapi.Capabilities(
         kernel="estimate",
         ulp=True,

@@ -43,7 +43,7 @@ from OpenSSL import SSL
 
 import ossl_ktls
 from ossl_ktls._suites import SUITES, openssl_tls12_names, openssl_tls13_name
-from tests.expectations import current
+from tests.expectations import ALL_CIPHERS, current
 
 __all__ = [
     "BIG_BYTES",
@@ -95,7 +95,7 @@ __all__ = [
 TIMEOUT = float(os.environ.get("OSSL_KTLS_INTEROP_TIMEOUT", "90"))
 HOST = "127.0.0.1"
 VERSIONS = ("1.2", "1.3")
-CIPHERS = ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305", "aes-128-ccm")
+CIPHERS = ALL_CIPHERS
 
 #: The (version, cipher) matrix every peer is run through.
 MATRIX = [(v, c) for v in VERSIONS for c in CIPHERS]

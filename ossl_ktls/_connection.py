@@ -53,6 +53,7 @@ from OpenSSL import SSL
 
 from . import _linux_tls as uapi
 from . import _openssl, _records
+from . import _post_handshake as rules
 from ._errors import (
     BadRecordMAC,
     ConnectionClosed,
@@ -794,27 +795,22 @@ class KTLSConnection:
         )
 
     def _control_record(self, rtype: int, payload: bytes) -> bool:
-        """Handle one non-data record from kernel RX; True when it ends the stream."""
-        if rtype == _records.CONTENT_ALERT:
+        """Carry out what one non-data record from kernel RX means (``_post_handshake``'s
+        rules); True when it ends the stream."""
+        action = rules.on_record_type(rtype)
+        if action is rules.Action.ALERT:
             try:
                 level, description = _records.parse_alert(payload)
             except Error as exc:
                 raise self._fatal(exc) from exc
-            if description == _CLOSE_NOTIFY:
+            alert_action = rules.on_alert(self.version, level, description)
+            if alert_action is rules.Action.END_OF_STREAM:
                 self._peer_closed()
                 return True
-            if (
-                level == _ALERT_WARNING
-                and self.version == "1.2"
-                and description
-                in (
-                    _NO_RENEGOTIATION,
-                    90,
-                )
-            ):
-                return False  # RFC 5246: warnings that do not end the connection
+            if alert_action is rules.Action.IGNORE:
+                return False
             raise self._fatal(TLSAlertError(level, description), alert=False)
-        if rtype == _records.CONTENT_HANDSHAKE:
+        if action is rules.Action.HANDSHAKE:
             try:
                 messages = self._hs.feed(payload)
             except Error as exc:
@@ -825,34 +821,30 @@ class KTLSConnection:
         raise self._fatal(UnexpectedMessage(f"unexpected record type {rtype} after the handshake"))
 
     def _post_handshake_message(self, msg: _records.HandshakeMessage) -> None:
-        t = msg.msg_type
-        if self.version == "1.3" and t == _records.NEW_SESSION_TICKET and not self._is_server:
+        action = rules.on_handshake_message(self.version, self._is_server, msg.msg_type)
+        if action is rules.Action.TICKET:
             try:
                 _records.parse_new_session_ticket_13(msg.body)
             except Error as exc:
                 raise self._fatal(exc) from exc
             if self._ticket_callback is not None:
                 self._ticket_callback(self, msg.raw)
-            return
-        if self.version == "1.3" and t == _records.KEY_UPDATE:
+        elif action is rules.Action.KEY_UPDATE:
             try:
                 requested = _records.parse_key_update(msg.body)
             except Error as exc:
                 raise self._fatal(exc) from exc
             self._peer_key_update(requested)
-            return
-        if self.version == "1.2" and (
-            (t == _records.HELLO_REQUEST and not self._is_server)
-            or (t == _records.CLIENT_HELLO and self._is_server)
-        ):
-            # Renegotiation is refused (RFC 5246 7.4.1.1, RFC 5746): say so and go on.
+        elif action is rules.Action.REFUSE_RENEGOTIATION:
             if self.ktls_tx and not self._close_notify_sent:
                 with self._tx_lock:
                     self._send_alert_raw(_ALERT_WARNING, _NO_RENEGOTIATION)
-            return
-        raise self._fatal(
-            UnexpectedMessage(f"unexpected handshake message type {t} after the handshake")
-        )
+        else:
+            raise self._fatal(
+                UnexpectedMessage(
+                    f"unexpected handshake message type {msg.msg_type} after the handshake"
+                )
+            )
 
     def _peer_key_update(self, requested: bool) -> None:
         if not self._can_rekey or "rx" not in self._secrets:

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ._suites import SUITES
+
 # setsockopt levels and names
 SOL_TLS = 282
 TCP_ULP = 31
@@ -33,21 +35,11 @@ TLS_GET_RECORD_TYPE = 2
 TLS_1_2_VERSION = 0x0303
 TLS_1_3_VERSION = 0x0304
 
-TLS_CIPHER_AES_GCM_128 = 51
-TLS_CIPHER_AES_GCM_256 = 52
-TLS_CIPHER_AES_CCM_128 = 53
-TLS_CIPHER_CHACHA20_POLY1305 = 54
-
 REC_SEQ_SIZE = 8
 
-# (cipher name) -> (kernel cipher id, iv, key, salt) sizes, as in tls.h
-CIPHER_LAYOUT: dict[str, tuple[int, int, int, int]] = {
-    "aes-128-gcm": (TLS_CIPHER_AES_GCM_128, 8, 16, 4),
-    "aes-256-gcm": (TLS_CIPHER_AES_GCM_256, 8, 32, 4),
-    "aes-128-ccm": (TLS_CIPHER_AES_CCM_128, 8, 16, 4),
-    "chacha20-poly1305": (TLS_CIPHER_CHACHA20_POLY1305, 12, 32, 0),
-}
-CIPHER_NAMES = ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305", "aes-128-ccm")
+# The TLS_CIPHER_* values and the iv/key/salt sizes of each tls12_crypto_info_* struct
+# come from the one cipher table, _suites.SUITES.
+CIPHER_NAMES: tuple[str, ...] = tuple(SUITES)
 VERSIONS = {"1.2": TLS_1_2_VERSION, "1.3": TLS_1_3_VERSION}
 
 
@@ -62,7 +54,8 @@ def _struct_for(cipher: str) -> type[ctypes.Structure]:
     """The ``tls12_crypto_info_*`` structure for a cipher (the same layout serves 1.2 and 1.3)."""
     cls = _STRUCTS.get(cipher)
     if cls is None:
-        _, iv, key, salt = CIPHER_LAYOUT[cipher]
+        suite = SUITES[cipher]
+        iv, key, salt = suite.kernel_iv_len, suite.key_len, suite.salt_len
         fields: list[tuple[str, type[ctypes._CData]]] = [
             ("info", tls_crypto_info),
             ("iv", ctypes.c_uint8 * iv),
@@ -110,7 +103,9 @@ class CryptoState:
 
 
 def _fill(state: CryptoState) -> ctypes.Structure:
-    cipher_id, iv_len, key_len, salt_len = CIPHER_LAYOUT[state.cipher]
+    suite = SUITES[state.cipher]
+    cipher_id, iv_len = suite.kernel_cipher, suite.kernel_iv_len
+    key_len, salt_len = suite.key_len, suite.salt_len
     if (len(state.iv), len(state.key), len(state.salt)) != (iv_len, key_len, salt_len):
         raise ValueError(f"wrong key material sizes for {state.cipher}")
     if not 0 <= state.rec_seq < 2**64:
@@ -289,8 +284,15 @@ class _Loopback:
 
 
 def _dummy_state(version: str, cipher: str) -> CryptoState:
-    _, iv, key, salt = CIPHER_LAYOUT[cipher]
-    return CryptoState(version, cipher, bytearray(key), bytearray(iv), bytearray(salt), 0)
+    suite = SUITES[cipher]
+    return CryptoState(
+        version,
+        cipher,
+        bytearray(suite.key_len),
+        bytearray(suite.kernel_iv_len),
+        bytearray(suite.salt_len),
+        0,
+    )
 
 
 def _errname(err: int | None) -> str:

@@ -36,9 +36,10 @@ from typing import IO, Any
 
 from . import __version__
 from ._linux_tls import Capabilities, probe
+from ._suites import SUITES
 
 PROG = "ossl-ktls"
-CIPHERS = ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305", "aes-128-ccm")
+CIPHERS: tuple[str, ...] = tuple(SUITES)
 VERSIONS = ("1.2", "1.3")
 # Offered when no --cipher is given: the AEAD suites every kTLS kernel since 5.11 takes.
 # AES-128-CCM stays opt-in (not in OpenSSL's default TLS 1.3 list, rarely offered).

@@ -16,10 +16,11 @@ from OpenSSL import SSL
 import ossl_ktls
 from ossl_ktls._openssl import state_of
 from ossl_ktls._suites import SUITES, openssl_tls12_names, openssl_tls13_name
+from tests.expectations import ALL_CIPHERS
 
 TIMEOUT = 120.0  # generous: TCG emulation is slow, but nothing may hang forever
 VERSIONS = ("1.2", "1.3")
-CIPHERS = ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305", "aes-128-ccm")
+CIPHERS = ALL_CIPHERS
 
 
 @dataclass(frozen=True)

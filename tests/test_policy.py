@@ -14,8 +14,9 @@ from ossl_ktls._observer import RecordObserver
 from ossl_ktls._policy import Handshake, Plan, Request, plan
 from ossl_ktls._records import EXT_MAX_FRAGMENT_LENGTH
 from ossl_ktls._suites import SUITES
+from tests.expectations import ALL_CIPHERS
 
-ALL = ("aes-128-gcm", "aes-256-gcm", "chacha20-poly1305", "aes-128-ccm")
+ALL = ALL_CIPHERS
 
 
 def caps(
