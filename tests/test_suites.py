@@ -60,6 +60,17 @@ def test_suite_sizes_match_kernel_uapi(name: str) -> None:
     assert s.tls13_iv_len == 12
 
 
+@pytest.mark.parametrize("name", sorted(KERNEL_TABLE))
+def test_uapi_structs_are_built_from_the_table(name: str) -> None:
+    """The ctypes ``tls12_crypto_info_*`` struct ``_linux_tls`` passes to setsockopt has
+    exactly the table's size (the kernel wants optlen to equal it), and the probe tries
+    every suite of the table."""
+    from ossl_ktls import _linux_tls as uapi
+
+    assert uapi.crypto_info_size(name) == SUITES[name].crypto_info_size
+    assert set(uapi.CIPHER_NAMES) == set(SUITES)
+
+
 def test_suite_is_frozen() -> None:
     """Suite rows are immutable: the table is shared by every connection."""
     s = SUITES["aes-128-gcm"]
