@@ -55,19 +55,18 @@ from . import _linux_tls as uapi
 from . import _openssl, _records
 from . import _post_handshake as rules
 from ._errors import (
-    BadRecordMAC,
     ConnectionClosed,
     Error,
     KeyUpdateUnsupported,
     KTLSUnavailable,
     NotPrepared,
     ProtocolError,
-    RecordOverflow,
     TLSAlertError,
     TruncatedStream,
     UnexpectedMessage,
     UsageError,
     alert_name,
+    from_alerts,
     from_errno,
 )
 from ._keys import (
@@ -75,6 +74,7 @@ from ._keys import (
     tls13_next_traffic_secret,
     tls13_traffic_key_iv,
 )
+from ._observer import RecordObserver
 from ._policy import Handshake, Request, plan
 from ._suites import Suite, suite_for_openssl_name
 
@@ -151,40 +151,17 @@ def _finish_handshake(conn: SSL.Connection, sock: socket.socket) -> None:
             _wait(sock, write=True, deadline=deadline)
 
 
-_ALERT_BY_NAME = {
-    name: number
-    for number, name in {
-        0: "close notify",
-        10: "unexpected message",
-        20: "bad record mac",
-        22: "record overflow",
-        40: "handshake failure",
-        42: "bad certificate",
-        43: "unsupported certificate",
-        44: "certificate revoked",
-        45: "certificate expired",
-        46: "certificate unknown",
-        47: "illegal parameter",
-        48: "unknown ca",
-        49: "access denied",
-        50: "decode error",
-        51: "decrypt error",
-        70: "protocol version",
-        71: "insufficient security",
-        80: "internal error",
-        90: "user canceled",
-        100: "no renegotiation",
-        109: "missing extension",
-        110: "unsupported extension",
-        112: "unrecognized name",
-        116: "certificate required",
-        120: "no application protocol",
-    }.items()
-}
+def _from_openssl(
+    exc: SSL.Error, operation: str, observer: RecordObserver, marks: tuple[int, int]
+) -> Error:
+    """Map a pyOpenSSL error of the user-space path to the library's hierarchy.
 
-
-def _from_openssl(exc: SSL.Error, operation: str) -> Error:
-    """Map a pyOpenSSL error of the user-space path to the library's hierarchy."""
+    From codes: the errno of a system call error, else the alerts the record observer
+    saw cross during the failed call (*marks*: the lengths of its ``alerts_read`` and
+    ``alerts_written`` before it). Only OpenSSL's "unexpected eof" (a TCP end without
+    close_notify, which moves no alert) is recognised by its reason text, which
+    pyOpenSSL hands over without the code.
+    """
     if isinstance(exc, SSL.SysCallError):
         code = exc.args[0] if exc.args else -1
         if code in (-1, 0):
@@ -192,20 +169,13 @@ def _from_openssl(exc: SSL.Error, operation: str) -> Error:
         return from_errno(int(code), operation)
     reasons = [str(r[2]) for r in (exc.args[0] if exc.args else []) if len(r) >= 3]
     text = "; ".join(reasons) or str(exc)
-    low = text.lower()
-    if "alert" in low:
-        tail = low.split("alert", 1)[1].strip()
-        number = _ALERT_BY_NAME.get(tail)
-        if number is not None:
-            return TLSAlertError(_ALERT_FATAL, number)
-    if "unexpected eof" in low:
+    mapped = from_alerts(
+        operation, observer.alerts_read[marks[0] :], observer.alerts_written[marks[1] :], text
+    )
+    if mapped is not None:
+        return mapped
+    if "unexpected eof" in text.lower():
         return TruncatedStream(f"{operation}: the peer closed TCP without close_notify")
-    if "bad record mac" in low or "decryption failed" in low:
-        return BadRecordMAC(f"{operation}: record authentication failed ({text})")
-    if "too long" in low or "overflow" in low:
-        return RecordOverflow(f"{operation}: record too long ({text})")
-    if "unexpected" in low or "bad key update" in low:
-        return UnexpectedMessage(f"{operation}: {text}")
     return ProtocolError(f"{operation}: {text}")
 
 
@@ -248,7 +218,6 @@ class KTLSConnection:
         self._is_server = False
         self._rx_plain = bytearray()
         self._more_buf = bytearray()
-        self._more_pending = False
         self._hs = _records.HandshakeBuffer()
         self._closed = False
         self._broken: Error | None = None
@@ -326,6 +295,15 @@ class KTLSConnection:
 
     # ------------------------------------------------------------------ state
 
+    @property
+    def _observer(self) -> RecordObserver:
+        return _openssl.state_of(self._conn).observer
+
+    def _alert_marks(self) -> tuple[int, int]:
+        """How many alerts the observer has seen each way (before an OpenSSL call)."""
+        obs = self._observer
+        return len(obs.alerts_read), len(obs.alerts_written)
+
     def _check_usable(self) -> None:
         if self._broken is not None:
             raise ConnectionClosed(f"connection is closed after an error: {self._broken}")
@@ -381,7 +359,6 @@ class KTLSConnection:
                     n = self._sock.send(view, socket.MSG_MORE if more else 0)
                 except OSError as exc:
                     raise self._os_error(exc, "send") from exc
-                self._more_pending = more
                 self._count_tx(n)
                 return n
             return self._user_send(view, more)
@@ -412,6 +389,13 @@ class KTLSConnection:
         """pyOpenSSL-style alias of :meth:`sendall` returning the length."""
         self.sendall(data)
         return len(data)
+
+    def note_records_sent(self, records: int) -> None:
+        """Count *records* that the kernel sent from this socket outside this object's own
+        calls (an event loop's native ``sendfile`` on the descriptor), so the automatic
+        TLS 1.3 KeyUpdate (``key_update_after``) still comes in time."""
+        if records > 0:
+            self._tx_records += records
 
     def _count_tx(self, nbytes: int) -> None:
         # An upper bound of the records written: at least one per call.
@@ -489,13 +473,14 @@ class KTLSConnection:
 
     def _user_write(self, payload: bytes) -> None:
         """Encrypt through OpenSSL (memory BIO) and put the ciphertext on the socket."""
+        marks = self._alert_marks()
         try:
             if payload:
                 with self._ssl_lock:
                     self._conn.sendall(payload)
                     self._collect_output()
         except SSL.Error as exc:
-            raise self._fatal(_from_openssl(exc, "send")) from exc
+            raise self._fatal(_from_openssl(exc, "send", self._observer, marks)) from exc
         self._push_cipher()
 
     def sendfile(
@@ -572,7 +557,6 @@ class KTLSConnection:
                 sent += n
                 deadline = _deadline(self._sock)  # per wait, like socket.sendfile
                 self._count_tx(n)
-            self._more_pending = False
         return sent
 
     def _user_sendfile(self, fd: int, offset: int, count: int) -> int:
@@ -634,18 +618,18 @@ class KTLSConnection:
     def _send_alert_raw(self, level: int, description: int) -> None:
         if self.ktls_tx:
             self._send_control(_records.CONTENT_ALERT, bytes([level, description]), "send alert")
-            self._more_pending = False
             self._count_tx(2)
         elif description == _CLOSE_NOTIFY:
             if self._more_buf:
                 self._user_write(bytes(self._more_buf))
                 self._more_buf.clear()
+            marks = self._alert_marks()
             try:
                 with self._ssl_lock:
                     self._conn.shutdown()
                     self._collect_output()
             except SSL.Error as exc:
-                raise self._fatal(_from_openssl(exc, "shutdown")) from exc
+                raise self._fatal(_from_openssl(exc, "shutdown", self._observer, marks)) from exc
             self._push_cipher()
 
     # ------------------------------------------------------------------ key update
@@ -677,7 +661,6 @@ class KTLSConnection:
         self._send_control(
             _records.CONTENT_HANDSHAKE, _records.encode_key_update(request_peer), "send KeyUpdate"
         )
-        self._more_pending = False
         self._advance_secret("tx")
         try:
             uapi.install(self._sock, uapi.TLS_TX, self._state_13("tx", 0))
@@ -892,6 +875,7 @@ class KTLSConnection:
     def _user_pump(self) -> None:
         """Decrypt all complete records OpenSSL holds into ``_rx_plain``."""
         while self._user_end is None:
+            marks = self._alert_marks()
             try:
                 with self._ssl_lock:
                     data = self._conn.recv(_READ_CHUNK)
@@ -901,7 +885,7 @@ class KTLSConnection:
             except SSL.ZeroReturnError:
                 self._user_end = "close_notify"
             except SSL.Error as exc:
-                self._user_end = _from_openssl(exc, "receive")
+                self._user_end = _from_openssl(exc, "receive", self._observer, marks)
             else:
                 self._rx_plain += data
             self._after_user_read()

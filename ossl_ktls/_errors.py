@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+from collections.abc import Sequence
 
 __all__ = [
     "BadRecordMAC",
@@ -180,6 +181,8 @@ class KeyUpdateUnsupported(Error):
     """A TLS 1.3 KeyUpdate needs a transmit rekey this kernel cannot do (before Linux 6.14)."""
 
 
+_CLOSE_NOTIFY_ALERT = 0
+
 _ERRNO_CLASSES: dict[int, type[Error]] = {
     _errno.EBADMSG: BadRecordMAC,
     _errno.EMSGSIZE: RecordOverflow,
@@ -231,3 +234,41 @@ _TRANSPORT_CLASSES: dict[int, type[KernelError]] = {
     _errno.ECONNABORTED: _AbortedKernelError,
     _errno.ETIMEDOUT: _ConnectionKernelError,
 }
+
+
+# The class of the error OpenSSL detected, by the alert it sent about it (RFC 8446 6.2).
+_ALERT_SENT_CLASSES: dict[int, type[ProtocolError]] = {
+    BadRecordMAC.alert: BadRecordMAC,
+    RecordOverflow.alert: RecordOverflow,
+    DecodeError.alert: DecodeError,
+    UnexpectedMessage.alert: UnexpectedMessage,
+}
+
+
+def from_alerts(
+    operation: str,
+    read: Sequence[tuple[int, int]],
+    written: Sequence[tuple[int, int]],
+    detail: str = "",
+) -> Error | None:
+    """The error a failed OpenSSL call stands for, from the alerts that crossed meanwhile.
+
+    *read* and *written* are the ``(level, description)`` alerts the record observer saw
+    arrive and OpenSSL send during the call (close_notify ignored). An alert from the
+    peer is a :class:`TLSAlertError` with its real level; otherwise the alert OpenSSL sent
+    names what it found (bad_record_mac, record_overflow, decode_error,
+    unexpected_message, else a :class:`ProtocolError` carrying that alert). ``None``: no
+    alert moved, and the caller falls back to what else it knows. Codes, never text.
+    """
+    for level, description in read:
+        if description != _CLOSE_NOTIFY_ALERT:
+            return TLSAlertError(level, description)
+    for _level, description in written:
+        if description == _CLOSE_NOTIFY_ALERT:
+            continue
+        text = f"{operation}: we sent alert {alert_name(description)}"
+        if detail:
+            text += f" ({detail})"
+        cls = _ALERT_SENT_CLASSES.get(description)
+        return cls(text) if cls is not None else ProtocolError(text, alert=description)
+    return None

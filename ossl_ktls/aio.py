@@ -89,7 +89,6 @@ _STREAM_LIMIT = 2**16  # asyncio.streams' default
 _READ_SIZE = 256 * 1024
 _SEND_CHUNK = 256 * 1024  # plaintext handed to the kernel/OpenSSL per send
 _COALESCE = 64 * 1024  # small queued writes are joined up to this (fewer, fuller records)
-_MAX_RECORD = 16384
 _TURN_BYTES = 1024 * 1024  # bytes read or written per callback, then the loop's other work
 
 
@@ -665,9 +664,7 @@ class KTLSTransport(transports._FlowControlMixin):
             records = self._k.tx_sequence() - mark
         except Exception:
             return
-        if records > 0:
-            # KTLSConnection has no public "records sent behind my back" hook yet.
-            self._k._count_tx(records * _MAX_RECORD)
+        self._k.note_records_sent(records)
 
     # ------------------------------------------------------------------ closing
 

@@ -7,7 +7,7 @@ import errno
 import pytest
 
 import ossl_ktls
-from ossl_ktls._errors import from_errno
+from ossl_ktls._errors import from_alerts, from_errno
 
 
 @pytest.mark.parametrize(
@@ -55,3 +55,38 @@ def test_other_errnos_are_kernel_errors() -> None:
     assert type(exc) is ossl_ktls.KernelError
     assert isinstance(exc, OSError) and not isinstance(exc, ConnectionError)
     assert exc.errno == errno.ENOMEM
+
+
+def test_from_alerts_peer_alert_wins() -> None:
+    """An alert the peer sent during the failed call is a TLSAlertError with its real
+    level and description, whatever OpenSSL sent back."""
+    exc = from_alerts("receive", [(2, 40)], [(2, 20)])
+    assert isinstance(exc, ossl_ktls.TLSAlertError)
+    assert (exc.level, exc.description, exc.alert) == (2, 40, 40)
+    warning = from_alerts("receive", [(1, 0), (1, 112)], [])
+    assert isinstance(warning, ossl_ktls.TLSAlertError) and warning.level == 1
+
+
+@pytest.mark.parametrize(
+    ("sent", "cls"),
+    [
+        (20, ossl_ktls.BadRecordMAC),
+        (22, ossl_ktls.RecordOverflow),
+        (50, ossl_ktls.DecodeError),
+        (10, ossl_ktls.UnexpectedMessage),
+        (47, ossl_ktls.ProtocolError),
+    ],
+)
+def test_from_alerts_what_openssl_sent_names_the_error(sent: int, cls: type[Exception]) -> None:
+    """With no alert from the peer, the alert OpenSSL sent about the problem picks the
+    class (bad_record_mac, record_overflow, decode_error, unexpected_message; anything
+    else a ProtocolError carrying it); close_notify moves are ignored."""
+    exc = from_alerts("receive", [(1, 0)], [(1, 0), (2, sent)], "detail")
+    assert type(exc) is cls
+    assert exc is not None and exc.alert == sent and "detail" in str(exc)
+
+
+def test_from_alerts_nothing_moved() -> None:
+    """No alert (or only close_notify) either way: no verdict, the caller decides."""
+    assert from_alerts("send", [], []) is None
+    assert from_alerts("send", [(1, 0)], [(1, 0)]) is None
