@@ -1,7 +1,7 @@
 # ossl_ktls: entry points. `make test` is what CI runs (.ci/run); `make demo` is the main job.
 #
 #   make setup        install the lab's packages (apt, as root on Debian) and .lab/venv
-#   make test         setup, then every tox environment and a summary (interop/matrix.py);
+#   make test         setup, then every tox environment and a summary (lab/matrix.py);
 #                     ARGS=... goes to pytest in the host and kernel environments
 #   make demo         setup, fetch the newest kernel, move a file over kernel TLS
 #   make bench        the benchmark inside the newest lab kernel -> docs/benchmarks.{md,json,png}
@@ -30,23 +30,23 @@ export PATH := $(CURDIR)/$(LAB_VENV)/bin:$(subst $(space),:,$(strip $(PATH) $(OT
 .PHONY: setup test demo bench lint type host host-py312 host-py313 mindeps kernels $(KERNEL_ENVS)
 
 setup:
-	bash interop/setup.sh
+	bash lab/setup.sh
 
-$(SETUP_STAMP): pyproject.toml interop/setup.sh
-	bash interop/setup.sh
+$(SETUP_STAMP): pyproject.toml lab/setup.sh
+	bash lab/setup.sh
 
 test: setup
-	$(PY) -m interop.matrix $(if $(ARGS),-- $(ARGS))
+	$(PY) -m lab.matrix $(if $(ARGS),-- $(ARGS))
 
 demo: setup
-	$(PY) -m interop.kernels fetch 7.2
-	$(PY) -m interop.demo
+	$(PY) -m lab.kernels fetch 7.2
+	$(PY) -m lab.demo
 
 bench: setup
 	$(TOX) -e bench $(if $(ARGS),-- $(ARGS))
 
 kernels: $(SETUP_STAMP)
-	$(PY) -m interop.kernels fetch $(SERIES)
+	$(PY) -m lab.kernels fetch $(SERIES)
 
 lint type host host-py312 host-py313 mindeps $(KERNEL_ENVS): $(SETUP_STAMP)
 	$(TOX) -e $@ $(if $(ARGS),-- $(ARGS))

@@ -912,7 +912,7 @@ def measure(args: argparse.Namespace) -> Json:
 
 
 def run_in_vm(args: argparse.Namespace) -> int:
-    """Measure inside the lab kernel (interop.vm), then write the report here."""
+    """Measure inside the lab kernel (lab.vm), then write the report here."""
     VM_OUT.mkdir(parents=True, exist_ok=True)
     raw = VM_OUT / "raw.json"
     for stale in (raw, Path(str(raw) + ".partial")):
@@ -945,7 +945,7 @@ def run_in_vm(args: argparse.Namespace) -> int:
         inner.append("--full")
     if args.allow_fallback:
         inner.append("--allow-fallback")
-    cmd = [sys.executable, "-m", "interop.vm", "--series", args.vm]
+    cmd = [sys.executable, "-m", "lab.vm", "--series", args.vm]
     cmd += ["--timeout", str(args.vm_timeout), "--rwdir", str(VM_OUT), "--", *inner]
     status = 1
     for attempt in range(1 + args.vm_retries):

@@ -1,4 +1,4 @@
-"""The kernel lab's VM runner (interop/vm.py) without booting anything: a stand-in for vng."""
+"""The kernel lab's VM runner (lab/vm.py) without booting anything: a stand-in for vng."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from interop import kernels, vm
+from lab import kernels, vm
 
 
 def _args(timeout: float = 30) -> argparse.Namespace:

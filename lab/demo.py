@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m interop.demo [--size-mib 64] [--series 7.2] [--here]
+    python -m lab.demo [--size-mib 64] [--series 7.2] [--here]
 
 It makes a file of random bytes, serves it with ``ossl-ktls serve`` on 127.0.0.1 (a
 throwaway certificate), fetches it with curl over TLS 1.3 and then TLS 1.2, checks each
@@ -10,7 +10,7 @@ copy's SHA-256, and says in plain words what happened: the probe table, each fet
 throughput, which directions the kernel carried, and the kernel's own TLS counters.
 
 Where to run: if this machine's kernel has kernel TLS, right here; otherwise it boots the
-newest kernel of the lab (``interop/vm.py``, series 7.2 by default) under QEMU and runs
+newest kernel of the lab (``lab/vm.py``, series 7.2 by default) under QEMU and runs
 itself inside with ``--here --expect-ktls``. ``--here`` alone runs on this kernel
 whatever it has (without kTLS that shows the user-space fallback).
 
@@ -321,8 +321,8 @@ def run_in_vm(series: str, size_mib: int, reason: str | None) -> int:
         "minutes; everything inside runs 10-30x slower than native) and runs there."
     )
     say()
-    cmd = [sys.executable, "-m", "interop.vm", "--series", series, "--"]
-    cmd += [sys.executable, "-m", "interop.demo", "--here", "--expect-ktls"]
+    cmd = [sys.executable, "-m", "lab.vm", "--series", series, "--"]
+    cmd += [sys.executable, "-m", "lab.demo", "--here", "--expect-ktls"]
     cmd += ["--size-mib", str(size_mib)]
     return subprocess.call(cmd, cwd=REPO)
 
@@ -330,7 +330,7 @@ def run_in_vm(series: str, size_mib: int, reason: str | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse the options and run the demo where kTLS is."""
     parser = argparse.ArgumentParser(
-        prog="python -m interop.demo",
+        prog="python -m lab.demo",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

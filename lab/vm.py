@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m interop.vm --series 6.1 [--timeout SEC] [--rwdir DIR] -- CMD ARGS...
+    python -m lab.vm --series 6.1 [--timeout SEC] [--rwdir DIR] -- CMD ARGS...
 
 The guest shares the host's root filesystem read-only (the checkout, the tox venvs and the
 Python installation are all visible), runs CMD in the current directory with
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from interop import kernels
+from lab import kernels
 
 TIMEOUT_STATUS = 124
 DEFAULT_TIMEOUT = 2700.0
@@ -253,7 +253,7 @@ def boot(kernel: kernels.Kernel, cmd: list[str], args: argparse.Namespace) -> tu
 def main(argv: list[str] | None = None) -> int:
     """Parse ``--series ... -- CMD ARGS...`` and run."""
     parser = argparse.ArgumentParser(
-        prog="python -m interop.vm",
+        prog="python -m lab.vm",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

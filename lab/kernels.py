@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m interop.kernels fetch 5.10 6.1 6.12 7.2   # resolve newest, download, unpack
-    python -m interop.kernels fetch --offline 6.1        # cache only, no network
-    python -m interop.kernels list                       # what the cache holds
+    python -m lab.kernels fetch 5.10 6.1 6.12 7.2   # resolve newest, download, unpack
+    python -m lab.kernels fetch --offline 6.1        # cache only, no network
+    python -m lab.kernels list                       # what the cache holds
 
 Each series is resolved at fetch time to the newest package of that series in its Debian
 suites, through a private apt configuration (its own sources file, lists and cache under
@@ -512,7 +512,7 @@ def ensure(name: str) -> Kernel:
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``fetch [--offline] SERIES...`` and ``list``."""
     parser = argparse.ArgumentParser(
-        prog="python -m interop.kernels",
+        prog="python -m lab.kernels",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

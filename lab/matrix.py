@@ -1,4 +1,4 @@
-"""Run the whole tox matrix and summarise it: ``python -m interop.matrix``.
+"""Run the whole tox matrix and summarise it: ``python -m lab.matrix``.
 
 Fetches every kernel first (so the kernel environments boot the newest packages), then
 runs ``lint``, ``type``, ``host``, ``host-py312``, ``host-py313`` and ``mindeps``, then the
@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from interop import kernels
+from lab import kernels
 
 ENVS = (
     *("lint", "type", "host", "host-py312", "host-py313", "mindeps"),
@@ -145,7 +145,7 @@ def summary(results: list[Result], total: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Fetch kernels, run the environments, print and save the summary."""
-    parser = argparse.ArgumentParser(prog="python -m interop.matrix", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lab.matrix", description=__doc__)
     parser.add_argument("--envs", default=",".join(ENVS), help="comma-separated subset")
     parser.add_argument(
         "--jobs",

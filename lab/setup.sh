@@ -87,7 +87,7 @@ fi
 
 # The Python side: one venv for the lab's own tools (tox builds the test envs itself).
 stamp=$LAB_VENV/.ossl-ktls-setup
-want=$(cat pyproject.toml interop/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml lab/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -x "$LAB_VENV/bin/tox" ] && [ -x "$LAB_VENV/bin/vng" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   say "python tools: up to date in $LAB_VENV"
   exit 0
