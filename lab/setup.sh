@@ -99,6 +99,6 @@ fi
 say "pip install tox virtme-ng and this project into $LAB_VENV"
 "$LAB_VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
 "$LAB_VENV/bin/python" -m pip install -q --disable-pip-version-check \
-  "tox>=4.11" "virtme-ng>=1.30" -e ".[test,dev]"
+  "tox>=4.11" "virtme-ng>=1.30" -e ".[cli,test,dev]"
 echo "$want" >"$stamp"
 say "done: $("$LAB_VENV/bin/tox" --version | head -1); virtme-ng $("$LAB_VENV/bin/vng" --version 2>&1 | awk '{print $NF}')"

@@ -135,8 +135,9 @@ def _emit(summary: Summary, as_json: bool, stream: IO[str]) -> None:
 class Progress:
     """A progress bar on stderr when it is a terminal; else nothing.
 
-    ``tqdm`` is a dependency, imported here only when a bar is shown (it costs start-up
-    time otherwise); should it be missing all the same, the transfer goes on without a bar.
+    ``tqdm`` comes with the ``cli`` extra (``pip install ossl-ktls[cli]``), imported here
+    only when a bar is shown (it costs start-up time otherwise); without it the transfer
+    goes on without a bar, and says once how to get one.
     """
 
     def __init__(self, total: int | None, desc: str, enabled: bool) -> None:
@@ -146,6 +147,10 @@ class Progress:
         try:
             tqdm = importlib.import_module("tqdm")
         except ImportError:
+            print(
+                "ossl-ktls: no progress bar: tqdm is not installed (pip install ossl-ktls[cli])",
+                file=sys.stderr,
+            )
             return
         self._bar = tqdm.tqdm(
             total=total,
