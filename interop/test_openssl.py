@@ -379,7 +379,9 @@ def test_tickets_from_s_server(peers: PeerFactory, certs: CertSet, handover: Han
     )
     peers.track(k)
     handover(k, peer=S_SERVER, role="client", version=version, cipher=cipher)
-    session_size = lib.i2d_SSL_SESSION(k.get_session()._session, ffi.NULL)
+    first = k.get_session()
+    assert first is not None
+    session_size = lib.i2d_SSL_SESSION(first._session, ffi.NULL)
 
     up = make_payload(64 << 10, seed=7)
     k.sendall(up.data)
@@ -395,7 +397,9 @@ def test_tickets_from_s_server(peers: PeerFactory, certs: CertSet, handover: Han
             check_new_session_ticket(raw)
     else:
         assert tickets == [], "user-space RX: OpenSSL handles tickets, no callback"
-        grown = lib.i2d_SSL_SESSION(k.get_session()._session, ffi.NULL)
+        later = k.get_session()
+        assert later is not None
+        grown = lib.i2d_SSL_SESSION(later._session, ffi.NULL)
         assert grown > session_size, "OpenSSL did not store the tickets in the session"
     k.shutdown()
     assert k.recv(4096) == b""

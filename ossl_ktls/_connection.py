@@ -47,9 +47,13 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, Any, BinaryIO, Literal
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal
 
 from OpenSSL import SSL
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from OpenSSL import crypto
 
 from . import _linux_tls as uapi
 from . import _openssl, _records
@@ -85,28 +89,6 @@ _ALERT_WARNING, _ALERT_FATAL = 1, 2
 _CLOSE_NOTIFY = 0
 _NO_RENEGOTIATION = 100
 _READ_CHUNK = 65536
-
-# Read-only pyOpenSSL Connection methods passed through unchanged.
-_PASSTHROUGH = (
-    "get_cipher_name",
-    "get_cipher_bits",
-    "get_cipher_version",
-    "get_protocol_version_name",
-    "get_protocol_version",
-    "get_peer_certificate",
-    "get_peer_cert_chain",
-    "get_verified_chain",
-    "get_certificate",
-    "get_servername",
-    "get_alpn_proto_negotiated",
-    "get_session",
-    "get_context",
-    "get_app_data",
-    "get_finished",
-    "get_peer_finished",
-    "client_random",
-    "server_random",
-)
 
 
 _CONTROL_WAIT = 30.0  # seconds a control record may wait for send-buffer room
@@ -244,10 +226,96 @@ class KTLSConnection:
 
     # ------------------------------------------------------------------ info
 
-    def __getattr__(self, name: str) -> Any:
-        if name in _PASSTHROUGH:
-            return getattr(self._conn, name)
-        raise AttributeError(name)
+    # pyOpenSSL's read-only information, passed through unchanged (written out, typed).
+
+    def get_cipher_name(self) -> str | None:
+        """The negotiated suite's OpenSSL name (``SSL.Connection.get_cipher_name``)."""
+        return self._conn.get_cipher_name()
+
+    def get_cipher_bits(self) -> int | None:
+        """``SSL.Connection.get_cipher_bits``."""
+        return self._conn.get_cipher_bits()
+
+    def get_cipher_version(self) -> str | None:
+        """``SSL.Connection.get_cipher_version``."""
+        return self._conn.get_cipher_version()
+
+    def get_protocol_version_name(self) -> str:
+        """``SSL.Connection.get_protocol_version_name`` ("TLSv1.3", ...)."""
+        return self._conn.get_protocol_version_name()
+
+    def get_protocol_version(self) -> int:
+        """``SSL.Connection.get_protocol_version``."""
+        return self._conn.get_protocol_version()
+
+    def get_peer_certificate(
+        self, *, as_cryptography: bool = False
+    ) -> crypto.X509 | x509.Certificate | None:
+        """``SSL.Connection.get_peer_certificate`` (an ``X509``, or with
+        ``as_cryptography=True`` a ``cryptography`` certificate; None without one)."""
+        if as_cryptography:
+            return self._conn.get_peer_certificate(as_cryptography=True)
+        return self._conn.get_peer_certificate()
+
+    def get_peer_cert_chain(
+        self, *, as_cryptography: bool = False
+    ) -> list[crypto.X509] | list[x509.Certificate] | None:
+        """``SSL.Connection.get_peer_cert_chain``."""
+        if as_cryptography:
+            return self._conn.get_peer_cert_chain(as_cryptography=True)
+        return self._conn.get_peer_cert_chain()
+
+    def get_verified_chain(
+        self, *, as_cryptography: bool = False
+    ) -> list[crypto.X509] | list[x509.Certificate] | None:
+        """``SSL.Connection.get_verified_chain``."""
+        if as_cryptography:
+            return self._conn.get_verified_chain(as_cryptography=True)
+        return self._conn.get_verified_chain()
+
+    def get_certificate(
+        self, *, as_cryptography: bool = False
+    ) -> crypto.X509 | x509.Certificate | None:
+        """``SSL.Connection.get_certificate`` (our own)."""
+        if as_cryptography:
+            return self._conn.get_certificate(as_cryptography=True)
+        return self._conn.get_certificate()
+
+    def get_servername(self) -> bytes | None:
+        """``SSL.Connection.get_servername`` (the SNI name)."""
+        return self._conn.get_servername()
+
+    def get_alpn_proto_negotiated(self) -> bytes:
+        """``SSL.Connection.get_alpn_proto_negotiated``."""
+        return self._conn.get_alpn_proto_negotiated()
+
+    def get_session(self) -> SSL.Session | None:
+        """``SSL.Connection.get_session`` (for resumption)."""
+        return self._conn.get_session()
+
+    def get_context(self) -> SSL.Context:
+        """``SSL.Connection.get_context``."""
+        return self._conn.get_context()
+
+    def get_app_data(self) -> Any:
+        """``SSL.Connection.get_app_data``."""
+        return self._conn.get_app_data()
+
+    def get_finished(self) -> bytes | None:
+        """``SSL.Connection.get_finished``."""
+        return self._conn.get_finished()
+
+    def get_peer_finished(self) -> bytes | None:
+        """``SSL.Connection.get_peer_finished``."""
+        return self._conn.get_peer_finished()
+
+    def client_random(self) -> bytes | None:
+        """``SSL.Connection.client_random``."""
+        return self._conn.client_random()
+
+    def server_random(self) -> bytes | None:
+        """``SSL.Connection.server_random``."""
+        return self._conn.server_random()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "broken" if self._broken else "open"
