@@ -81,7 +81,7 @@ class Certs:
 def make_certs(directory: Path) -> Certs:
     """A throwaway ECDSA P-256 certificate and key (PEM) in *directory*: the one ``serve``
     makes for itself, for localhost and the loopback address."""
-    from ossl_ktls._cli_tls import throwaway_certificate
+    from ossl_ktls.cli._tls import throwaway_certificate
 
     return Certs(*throwaway_certificate(str(directory), ["localhost", HOST]))
 

@@ -48,9 +48,9 @@ from typing import BinaryIO
 
 from OpenSSL import SSL
 
-from . import __version__
-from ._connection import KTLSConnection, wrap
-from ._errors import Error
+from .. import __version__
+from .._connection import KTLSConnection, wrap
+from .._errors import Error
 
 SERVER_NAME = f"ossl-ktls/{__version__}"
 MAX_HEAD = 16 << 10
@@ -293,7 +293,7 @@ class Totals:
 
     def line(self) -> str:
         """The one human summary line."""
-        from .cli import human_bytes
+        from ._output import human_bytes
 
         tls = ", ".join(f"TLS {k} x{v}" for k, v in self.tls.items()) or "no TLS connection"
         text = (

@@ -1,6 +1,6 @@
 """The TLS commands of the ``ossl-ktls`` command line: ``send``, ``recv`` and ``serve``.
 
-Kept apart from :mod:`ossl_ktls.cli` because they need pyOpenSSL and cryptography, which
+Kept apart from the package's ``__init__`` because they need pyOpenSSL and cryptography, which
 take a while to import: ``cli`` imports this module only when one of these commands runs,
 so ``probe``, ``stats`` and ``--help`` start without them. The command line's options,
 output and exit statuses are described in :mod:`ossl_ktls.cli`.
@@ -29,12 +29,12 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi
 from OpenSSL._util import lib as _lib
 
-from . import _openssl
-from ._connection import KTLSConnection, wrap
-from ._errors import Error, TruncatedStream, UsageError
-from ._linux_tls import Capabilities, probe
-from ._suites import SUITES, openssl_tls12_names, openssl_tls13_name
-from .cli import DEFAULT_CIPHERS, PROG, VERSIONS, CLIError, Progress, Summary, _emit, warn
+from .. import _openssl
+from .._connection import KTLSConnection, wrap
+from .._errors import Error, TruncatedStream, UsageError
+from .._linux_tls import Capabilities, probe
+from .._suites import SUITES, openssl_tls12_names, openssl_tls13_name
+from ._output import DEFAULT_CIPHERS, PROG, VERSIONS, CLIError, Progress, Summary, _emit, warn
 
 _CHUNK = 8 << 20  # sendfile per call: bounds each call's time so --timeout means "no progress"
 _RECV_BUFFER = 256 << 10
