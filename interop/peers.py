@@ -856,20 +856,31 @@ def read_to_eof(k: ossl_ktls.KTLSConnection, limit: int = 1 << 28) -> bytes:
             raise PeerError(f"more than {limit} bytes without EOF")
 
 
+Sender = Callable[[ossl_ktls.KTLSConnection, Payload, Path], None]
+
+
 def exchange_with_client(
-    k: ossl_ktls.KTLSConnection, client: Peer, tmp_path: Path, seed: int
+    k: ossl_ktls.KTLSConnection,
+    client: Peer,
+    tmp_path: Path,
+    seed: int,
+    *,
+    send: Sender = send_mixed,
+    down_bytes: int = MATRIX_BYTES,
+    reply_bytes: int = REPLY_BYTES,
 ) -> None:
     """The server side's contract with a client program reading stdin to EOF.
 
-    MATRIX_BYTES from us (``sendall`` + ``sendfile``) reach the client intact (size and
-    SHA-256); REPLY_BYTES from it reach us intact, then its close_notify (``recv`` returns
-    ``b""``); we answer with ours, and the client exits with status 0.
+    *down_bytes* from us (by *send*: ``sendall`` + ``sendfile`` by default) reach the
+    client intact (size and SHA-256); *reply_bytes* from it reach us intact, then its
+    close_notify (``recv`` returns ``b""``); we answer with ours, and the client exits
+    with status 0.
     """
-    down = make_payload(MATRIX_BYTES, seed=seed)
-    send_mixed(k, down, tmp_path / "down.bin")
+    down = make_payload(down_bytes, seed=seed)
+    send(k, down, tmp_path / "down.bin")
     client.sink.wait_size(down.size)
     assert_received(f"{client.name} received", client.sink.size, client.sink.sha256, down)
-    up = make_payload(REPLY_BYTES, seed=seed + 1)
+    up = make_payload(reply_bytes, seed=seed + 1)
     client.feed(up.data, close=True)
     assert_received("we received", *digest(read_exactly(k, up.size)), up)
     assert k.recv(4096) == b"", f"{client.name}'s close_notify should end our stream"

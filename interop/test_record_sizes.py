@@ -27,13 +27,11 @@ from interop.conftest import PeerFactory
 from interop.peers import (
     TIMEOUT,
     CertSet,
+    Payload,
     Peer,
-    assert_received,
-    digest,
+    exchange_with_client,
     expected_directions,
     gnutls_cli_argv,
-    make_payload,
-    read_exactly,
     s_client_argv,
     server_context,
 )
@@ -65,9 +63,10 @@ def _records_on_wire(stream: bytes) -> list[tuple[int, int]]:
     return found
 
 
-def _send_three_ways(k: ossl_ktls.KTLSConnection, data: bytes, file: Path) -> None:
+def _send_three_ways(k: ossl_ktls.KTLSConnection, payload: Payload, file: Path) -> None:
     """A third with ``sendall``, a third with ``sendfile``, the rest as ``more=True`` writes
     of 1000 bytes (records held open and coalesced), the last one closing the record."""
+    data = payload.data
     third = len(data) // 3
     k.sendall(data[:third])
     file.write_bytes(data)
@@ -120,17 +119,15 @@ def _serve(
     """Send the payload three ways, take a reply, close; judge data and wire."""
     peers.track(k)
     _check_tx_path(k, version, limit, source)
-    down = make_payload(PAYLOAD_BYTES, seed=seed)
-    _send_three_ways(k, down.data, tmp_path / "down.bin")
-    client.sink.wait_size(down.size)
-    assert_received(f"{client.name} received", client.sink.size, client.sink.sha256, down)
-    up = make_payload(reply_bytes, seed=seed + 1)
-    client.feed(up.data, close=True)
-    assert_received("we received", *digest(read_exactly(k, up.size)), up)
-    assert k.recv(4096) == b"", f"{client.name}'s close_notify should end our stream"
-    k.shutdown()
-    k.close()
-    assert client.wait() == 0
+    exchange_with_client(
+        k,
+        client,
+        tmp_path,
+        seed,
+        send=_send_three_ways,
+        down_bytes=PAYLOAD_BYTES,
+        reply_bytes=reply_bytes,
+    )
     records = _records_on_wire(proxy.downstream())
     largest = max(length for _type, length in records)
     assert largest <= limit + _overhead(version), (

@@ -457,20 +457,31 @@ def parse_new_session_ticket_13(body: BytesLike) -> NewSessionTicket13:
     ext_data = r.vector(2, 0, 2**16 - 2, "extensions")
     if r.remaining():
         raise DecodeError(f"NewSessionTicket has {r.remaining()} trailing bytes")
-    ext = _Reader(ext_data, "NewSessionTicket extension")
+    extensions = _extension_list(ext_data, "NewSessionTicket")
+    return NewSessionTicket13(lifetime, age_add, nonce, ticket, tuple(extensions))
+
+
+def _extension_list(data: bytes, what: str) -> list[tuple[int, bytes]]:
+    """The ``(type, data)`` pairs of an extension block's contents, in wire order.
+
+    Raises:
+        DecodeError: a truncated extension (decode_error), or a type appearing twice
+            (illegal_parameter, RFC 8446 section 4.2).
+    """
+    block = _Reader(data, f"{what} extension")
     extensions: list[tuple[int, bytes]] = []
     seen: set[int] = set()
-    while ext.remaining():
-        ext_type = ext.uint(2)
-        ext_body = ext.vector(2, 0, 2**16 - 1, "extension_data")
+    while block.remaining():
+        ext_type = block.uint(2)
+        ext_body = block.vector(2, 0, 2**16 - 1, "extension_data")
         if ext_type in seen:
             raise DecodeError(
-                f"NewSessionTicket repeats extension {ext_type} (RFC 8446 section 4.2)",
+                f"{what} repeats extension {ext_type} (RFC 8446 section 4.2)",
                 alert=_ALERT_ILLEGAL_PARAMETER,
             )
         seen.add(ext_type)
         extensions.append((ext_type, ext_body))
-    return NewSessionTicket13(lifetime, age_add, nonce, ticket, tuple(extensions))
+    return extensions
 
 
 def parse_alert(data: BytesLike) -> tuple[int, int]:
@@ -588,23 +599,10 @@ def hello_extensions(
             return {}  # TLS 1.2 without extensions (RFC 5246 section 7.4.1.2)
     else:
         raise UsageError(f"handshake type {msg_type} carries no hello extensions")
-    block = _Reader(r.vector(2, 0, 2**16 - 1, "extensions"), f"{r.what} extension")
+    block = r.vector(2, 0, 2**16 - 1, "extensions")
     if r.remaining():
         raise DecodeError(f"{r.what} has {r.remaining()} trailing bytes")
-    found: dict[int, bytes] = {}
-    seen: set[int] = set()
-    while block.remaining():
-        ext_type = block.uint(2)
-        data = block.vector(2, 0, 2**16 - 1, "extension_data")
-        if ext_type in seen:
-            raise DecodeError(
-                f"{r.what} repeats extension {ext_type} (RFC 8446 section 4.2)",
-                alert=_ALERT_ILLEGAL_PARAMETER,
-            )
-        seen.add(ext_type)
-        if ext_type in keep:
-            found[ext_type] = data
-    return found
+    return {t: data for t, data in _extension_list(block, r.what) if t in keep}
 
 
 def server_hello_compression(body: BytesLike) -> int:
