@@ -616,11 +616,11 @@ class KTLSConnection:
                     continue
                 except OSError as exc:
                     err = self._os_error(exc, "sendfile")
-                    err.bytes_sent = sent  # type: ignore[attr-defined]
+                    err.bytes_sent = sent  # type: ignore[attr-defined]  # also builtins
                     raise err from exc
                 if n == 0:
                     err2 = Error(f"sendfile(): the file ended after {sent} of {count} bytes")
-                    err2.bytes_sent = sent  # type: ignore[attr-defined]
+                    err2.bytes_sent = sent
                     raise err2
                 sent += n
                 deadline = _deadline(self._sock)  # per wait, like socket.sendfile

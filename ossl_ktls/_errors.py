@@ -87,10 +87,16 @@ class Error(Exception):
     Attributes:
         errno: the kernel errno this error came from, or ``None``.
         alert: the TLS alert description (RFC 8446 section 6) it corresponds to, or ``None``.
+        bytes_sent: on an error from ``sendfile``, the bytes the peer was really sent
+            before it (``None`` elsewhere).
+
+    Errors pickle and unpickle whole (message, errno, alert, bytes_sent and the
+    attributes of subclasses), for process pools and logging handlers.
     """
 
     errno: int | None = None
     alert: int | None = None
+    bytes_sent: int | None = None
 
     def __init__(self, message: str, *, errno: int | None = None, alert: int | None = None):
         super().__init__(message)
@@ -98,6 +104,13 @@ class Error(Exception):
             self.errno = errno
         if alert is not None:
             self.alert = alert
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # The default (cls(*args)) would call __init__ with the message only: OSError
+        # subclasses would lose their errno, TLSAlertError could not be rebuilt at all.
+        state = dict(self.__dict__)
+        state["errno"], state["alert"] = self.errno, self.alert
+        return (_restore, (type(self), self.args, state))
 
 
 class KTLSUnavailable(Error):
@@ -272,3 +285,12 @@ def from_alerts(
         cls = _ALERT_SENT_CLASSES.get(description)
         return cls(text) if cls is not None else ProtocolError(text, alert=description)
     return None
+
+
+def _restore(cls: type[Error], args: tuple[object, ...], state: dict[str, object]) -> Error:
+    """Rebuild a pickled :class:`Error` without calling its ``__init__``."""
+    exc = cls.__new__(cls)
+    exc.args = args
+    for name, value in state.items():
+        setattr(exc, name, value)
+    return exc

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import pickle
+from collections.abc import Callable
 
 import pytest
 
@@ -90,3 +92,37 @@ def test_from_alerts_nothing_moved() -> None:
     """No alert (or only close_notify) either way: no verdict, the caller decides."""
     assert from_alerts("send", [], []) is None
     assert from_alerts("send", [(1, 0)], [(1, 0)]) is None
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ossl_ktls.Error("plain"),
+        lambda: ossl_ktls.TLSAlertError(2, 40),
+        lambda: ossl_ktls.TLSAlertError(1, 112, "custom text"),
+        lambda: from_errno(errno.ECONNRESET, "receive"),
+        lambda: from_errno(errno.ENOMEM, "send"),
+        lambda: from_errno(errno.EBADMSG, "receive"),
+        lambda: ossl_ktls.ProtocolError("odd", alert=47),
+        lambda: ossl_ktls.ConnectionClosed("closed"),
+        lambda: ossl_ktls.KTLSUnavailable("no kernel"),
+    ],
+    ids=lambda make: type(make()).__name__,
+)
+def test_errors_pickle_whole(make: Callable[[], ossl_ktls.Error]) -> None:
+    """Every error survives pickle (process pools, logging handlers): same class, message,
+    errno, alert, bytes_sent and subclass attributes (an alert's level/description)."""
+    exc = make()
+    exc.bytes_sent = 1234
+    back = pickle.loads(pickle.dumps(exc))  # noqa: S301 (our own bytes)
+    assert type(back) is type(exc)
+    assert (str(back), back.args) == (str(exc), exc.args)
+    assert (back.errno, back.alert, back.bytes_sent) == (exc.errno, exc.alert, 1234)
+    if isinstance(exc, ossl_ktls.TLSAlertError):
+        assert isinstance(back, ossl_ktls.TLSAlertError)
+        assert (back.level, back.description) == (exc.level, exc.description)
+
+
+def test_bytes_sent_is_declared() -> None:
+    """``bytes_sent`` is part of every Error (None unless a sendfile error set it)."""
+    assert ossl_ktls.Error("x").bytes_sent is None
