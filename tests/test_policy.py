@@ -141,3 +141,15 @@ def test_reasons_accumulate_in_rule_order() -> None:
         True,
         True,
     ]
+
+
+def test_cli_outlook_reads_the_plan() -> None:
+    """``ossl-ktls serve``'s start-up line ("kTLS TX on, RX TLS1.2-only") is the plan for
+    each configured version: all of them, some, or none, per direction."""
+    from ossl_ktls.cli._tls import ktls_outlook
+
+    both, ciphers = ("1.2", "1.3"), ("aes-128-gcm",)
+    assert ktls_outlook(caps(), both, ciphers, False) == ("on", "on")
+    assert ktls_outlook(caps(rekey=False), both, ciphers, False) == ("on", "TLS1.2-only")
+    assert ktls_outlook(caps(rekey=False), both, ciphers, True) == ("on", "on")
+    assert ktls_outlook(caps(ulp=False), both, ciphers, False) == ("off", "off")

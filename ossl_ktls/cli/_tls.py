@@ -33,6 +33,7 @@ from .. import _openssl
 from .._connection import KTLSConnection, wrap
 from .._errors import Error, TruncatedStream, UsageError
 from .._linux_tls import Capabilities, probe
+from .._policy import Handshake, Request, plan
 from .._suites import SUITES, openssl_tls12_names, openssl_tls13_name
 from ._output import DEFAULT_CIPHERS, PROG, VERSIONS, CLIError, Progress, Summary, _emit, warn
 
@@ -366,18 +367,24 @@ def throwaway_certificate(directory: str, hosts: Sequence[str]) -> tuple[str, st
 def ktls_outlook(
     caps: Capabilities, versions: Sequence[str], ciphers: Sequence[str], rx_without_rekey: bool
 ) -> tuple[str, str]:
-    """What the kernel will carry for the configured versions.
+    """What the kernel will carry for the configured versions, by the library's own
+    placement plan (``_policy.plan``) for a handshake of each version and cipher.
 
     Returns (tx, rx), each ``on``, ``off`` or the versions that get it (``TLS1.2-only``).
     """
+    request = Request(rx_without_rekey=rx_without_rekey)
+
+    def placed(direction: str, version: str, cipher: str) -> bool:
+        handshake = Handshake(
+            version=version, version_name=f"TLSv{version}", cipher_name=cipher, suite=SUITES[cipher]
+        )
+        chosen = plan(handshake, caps, request)
+        return chosen.tx if direction == "tx" else chosen.rx
 
     def state(direction: str) -> str:
         good = []
         for v in versions:
-            ok = any(caps.supports(direction, v, c) for c in ciphers)
-            if direction == "rx" and v == "1.3" and not caps.rekey and not rx_without_rekey:
-                ok = False
-            if ok:
+            if any(placed(direction, v, c) for c in ciphers):
                 good.append(v)
         if len(good) == len(versions):
             return "on"
