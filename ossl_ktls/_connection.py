@@ -37,6 +37,7 @@ is fatal (``KeyUpdateUnsupported``).
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import io
 import os
@@ -161,6 +162,16 @@ def _from_openssl(
     return ProtocolError(f"{operation}: {text}")
 
 
+class State(enum.Enum):
+    """A connection's lifecycle: OPEN, then BROKEN (a fatal error closed the socket; the
+    error is kept and raised again, wrapped, by every later call) or CLOSED (``close()``
+    or ``abort()``)."""
+
+    OPEN = "open"
+    BROKEN = "broken"
+    CLOSED = "closed"
+
+
 class KTLSConnection:
     """A TLS connection whose record layer runs in the kernel where it can.
 
@@ -201,8 +212,9 @@ class KTLSConnection:
         self._rx_plain = bytearray()
         self._more_buf = bytearray()
         self._hs = _records.HandshakeBuffer()
-        self._closed = False
-        self._broken: Error | None = None
+        # One lifecycle state (trio's OK / BROKEN / CLOSED), and why it stopped being OPEN.
+        self._state = State.OPEN
+        self._error: Error | None = None
         self._eof = False
         self._close_notify_sent = False
         self._close_notify_received = False
@@ -318,7 +330,7 @@ class KTLSConnection:
         return self._conn.server_random()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "broken" if self._broken else "open"
+        state = self._state.value
         return (
             f"<KTLSConnection {state} {self.version} {self.suite.name if self.suite else '?'} "
             f"ktls_tx={self.ktls_tx} ktls_rx={self.ktls_rx}>"
@@ -373,15 +385,15 @@ class KTLSConnection:
         return len(obs.alerts_read), len(obs.alerts_written)
 
     def _check_usable(self) -> None:
-        if self._broken is not None:
-            raise ConnectionClosed(f"connection is closed after an error: {self._broken}")
-        if self._closed:
+        if self._error is not None:
+            raise ConnectionClosed(f"connection is closed after an error: {self._error}")
+        if self._state is not State.OPEN:
             raise ConnectionClosed()
 
     def _fatal(self, exc: Error, *, alert: bool = True) -> Error:
         """Record *exc* as fatal, tell the peer when we can, close the socket, return exc."""
-        if self._broken is None and not self._closed:
-            self._broken = exc
+        if self._state is State.OPEN:
+            self._state, self._error = State.BROKEN, exc
             if alert and exc.alert is not None and not isinstance(exc, TLSAlertError):
                 with contextlib.suppress(OSError, Error, SSL.Error):
                     self._send_alert_raw(_ALERT_FATAL, exc.alert)
@@ -660,7 +672,8 @@ class KTLSConnection:
             if description == _CLOSE_NOTIFY:
                 self._close_notify_sent = True
             if level == _ALERT_FATAL:
-                self._broken = Error(f"we sent fatal alert {alert_name(description)}")
+                self._state = State.BROKEN
+                self._error = Error(f"we sent fatal alert {alert_name(description)}")
                 self._teardown()
 
     def _send_control(self, content_type: int, payload: bytes, operation: str) -> None:
@@ -1053,10 +1066,10 @@ class KTLSConnection:
         ciphertext still queued (``tx_backlog``) gets up to 30 s to go out; if it cannot,
         the connection is reset, so the peer never takes a cut stream for a whole one.
         """
-        if self._closed:
+        if self._state is State.CLOSED:
             return
         try:
-            if self._broken is None and not self._close_notify_sent:
+            if self._state is State.OPEN and not self._close_notify_sent:
                 self.shutdown()
             if self._tx_cipher and not self._push_backlog():
                 self.abort()
@@ -1064,7 +1077,7 @@ class KTLSConnection:
         except (OSError, Error, SSL.Error):
             pass
         self._drain()
-        self._closed = True
+        self._state = State.CLOSED
         self._teardown()
 
     def _push_backlog(self) -> bool:
@@ -1093,13 +1106,13 @@ class KTLSConnection:
         complete. The socket is closed with SO_LINGER 0 (TCP RST), keys are wiped, and
         later calls raise ConnectionClosed.
         """
-        if self._closed:
+        if self._state is State.CLOSED:
             return
-        if self._broken is None:
-            self._broken = ConnectionClosed("the connection was aborted")
+        if self._error is None:
+            self._error = ConnectionClosed("the connection was aborted")
         with contextlib.suppress(OSError):
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self._closed = True
+        self._state = State.CLOSED
         self._teardown()
 
     def _drain(self) -> None:
