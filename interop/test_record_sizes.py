@@ -19,13 +19,11 @@ import socket
 from pathlib import Path
 
 import pytest
-from OpenSSL import SSL
 from OpenSSL._util import lib
 
 import ossl_ktls
 from interop.conftest import PeerFactory
 from interop.peers import (
-    TIMEOUT,
     CertSet,
     Payload,
     Peer,
@@ -137,22 +135,6 @@ def _serve(
     assert len(data_records) >= PAYLOAD_BYTES // limit, "fewer records than the limit allows"
 
 
-def _accept(
-    listener: socket.socket, ctx: SSL.Context, *, require: bool = False, rx: bool = True
-) -> ossl_ktls.KTLSConnection:
-    """Accept one client and ``wrap()`` it (the handshake happens in there)."""
-    listener.settimeout(TIMEOUT)
-    sock, _ = listener.accept()
-    conn = SSL.Connection(ctx, sock)
-    conn.set_accept_state()
-    sock.settimeout(TIMEOUT)
-    try:
-        return ossl_ktls.wrap(conn, require=require, rx=rx)
-    except BaseException:
-        sock.close()
-        raise
-
-
 @pytest.mark.parametrize("size", MAX_FRAGMENT_LENGTHS)
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 def test_s_client_max_fragment_length(
@@ -178,7 +160,7 @@ def test_s_client_max_fragment_length(
             extra=["-no_ign_eof", "-maxfraglen", str(size)],
         )
         client = peers.client("openssl s_client -maxfraglen", argv)
-        k = _accept(listener.sock, server_context(certs, version, CIPHER))
+        k = listener.accept(server_context(certs, version, CIPHER))
         _serve(
             peers,
             client,
@@ -213,7 +195,7 @@ def test_s_client_max_fragment_length_on_resumption(
             extra = ["-no_ign_eof", "-maxfraglen", "1024", flag, str(sess)]
             argv = s_client_argv(proxy.address[1], certs, version, CIPHER, extra=extra)
             client = peers.client(f"openssl s_client -maxfraglen #{round_ + 1}", argv)
-            k = _accept(listener.sock, ctx)
+            k = listener.accept(ctx)
             reused = bool(lib.SSL_session_reused(k.connection._ssl))
             assert reused == (round_ == 1), f"connection {round_ + 1}: session_reused={reused}"
             _serve(
@@ -252,7 +234,7 @@ def test_gnutls_cli_record_size(
             proxy.address[1], certs, version, CIPHER, logfile=log, extra=["--recordsize", "512"]
         )
         client = peers.client("gnutls-cli --recordsize", argv, logfiles=[log])
-        k = _accept(listener.sock, server_context(certs, version, CIPHER))
+        k = listener.accept(server_context(certs, version, CIPHER))
         _serve(
             peers,
             client,
@@ -281,12 +263,12 @@ def test_require_with_a_record_size_limit(peers: PeerFactory, certs: CertSet, ve
     argv = s_client_argv(listener.port, certs, version, CIPHER, extra=["-maxfraglen", "512"])
     peers.client("openssl s_client -maxfraglen", argv)
     if kernel_tx and can_cap:
-        k = _accept(listener.sock, server_context(certs, version, CIPHER), require=True, rx=False)
+        k = listener.accept(server_context(certs, version, CIPHER), require=True, rx=False)
         peers.track(k)
         assert (k.ktls_tx, k.tx_record_limit) == (True, 512), k.fallback_reason
         k.close()
         return
     with pytest.raises(ossl_ktls.KTLSUnavailable) as info:
-        _accept(listener.sock, server_context(certs, version, CIPHER), require=True, rx=False)
+        listener.accept(server_context(certs, version, CIPHER), require=True, rx=False)
     if kernel_tx:
         assert "limited records to 512 bytes (max_fragment_length)" in str(info.value)
