@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._errors import Error
-from ._records import ENCRYPTED_EXTENSIONS, hello_extensions, server_hello_compression
+from ._records import ENCRYPTED_EXTENSIONS, parse_hello
 
 HEADER = 0x100
 CHANGE_CIPHER_SPEC = 20
@@ -140,16 +140,16 @@ class RecordObserver:
 
     def _hello(self, msg_type: int, message: bytes) -> None:
         try:
-            found = hello_extensions(msg_type, message[4:])
+            hello = parse_hello(msg_type, message[4:])
         except Error as exc:
             self.hello_error = f"handshake message {msg_type}: {exc}"
             return
         if msg_type == HS_CLIENT_HELLO:
-            self.client_extensions = found  # the second ClientHello (after HRR) counts
+            self.client_extensions = hello.extensions  # the second one (after HRR) counts
             return
-        self.server_extensions.update(found)
+        self.server_extensions.update(hello.extensions)
         if msg_type == HS_SERVER_HELLO:
-            self.compression = server_hello_compression(message[4:])
+            self.compression = hello.compression
 
     def _account_write(self, content_type: int, data: bytes, length: int) -> None:
         if content_type == HEADER and len(data) >= 5:

@@ -57,6 +57,7 @@ __all__ = [
     "BytesLike",
     "HandshakeBuffer",
     "HandshakeMessage",
+    "Hello",
     "NewSessionTicket13",
     "RecordHeader",
     "RecordSplitter",
@@ -67,13 +68,13 @@ __all__ = [
     "encode_key_update",
     "hello_extensions",
     "parse_alert",
+    "parse_hello",
     "parse_key_update",
     "parse_max_fragment_length",
     "parse_new_session_ticket_13",
     "parse_record_header",
     "parse_record_size_limit",
     "send_limit",
-    "server_hello_compression",
 ]
 
 #: Accepted wherever bytes are read (a socket buffer may be a bytearray or memoryview).
@@ -564,10 +565,24 @@ _RECORD_SIZE_EXTENSIONS = frozenset({EXT_MAX_FRAGMENT_LENGTH, EXT_RECORD_SIZE_LI
 _HELLO_NAMES = {CLIENT_HELLO: "ClientHello", SERVER_HELLO: "ServerHello"}
 
 
-def hello_extensions(
+class Hello(NamedTuple):
+    """What a hello (or EncryptedExtensions) tells about the record layer.
+
+    Attributes:
+        extensions: ``{type: data}`` of the extensions asked for (``keep``).
+        compression: the ServerHello's ``legacy_compression_method`` (RFC 5246 section
+            7.4.1.3; RFC 8446 section 4.1.3 makes it 0); 0 for the other messages.
+            Non-zero means TLS 1.2 compression, which kernel TLS cannot do.
+    """
+
+    extensions: dict[int, bytes]
+    compression: int
+
+
+def parse_hello(
     msg_type: int, body: BytesLike, *, keep: frozenset[int] = _RECORD_SIZE_EXTENSIONS
-) -> dict[int, bytes]:
-    """The extensions of a ClientHello, ServerHello or EncryptedExtensions body.
+) -> Hello:
+    """Parse a ClientHello, ServerHello or EncryptedExtensions body, in one pass.
 
     Layouts: ClientHello (RFC 8446 section 4.1.2, RFC 5246 section 7.4.1.2):
     ``legacy_version(2) random(32) session_id<0..32> cipher_suites<2..2^16-2>
@@ -575,49 +590,43 @@ def hello_extensions(
     TLS 1.2; ServerHello (4.1.3): ``legacy_version(2) random(32) session_id<0..32>
     cipher_suite(2) compression_method(1) extensions``; EncryptedExtensions (4.3.1):
     ``extensions<0..2^16-1>``. Every length is checked and every byte accounted for.
-    Returns ``{type: data}`` for the extension types in *keep* (default: the two that
-    limit record sizes).
+    The extensions returned are those in *keep* (default: the two that limit record
+    sizes).
 
     Raises:
         DecodeError: a truncated or overlong field, trailing bytes, or an extension type
             appearing twice (alert illegal_parameter, RFC 8446 section 4.2).
         UsageError: *msg_type* is none of the three.
     """
+    compression = 0
     if msg_type == ENCRYPTED_EXTENSIONS:
         r = _Reader(body, "EncryptedExtensions")
     elif msg_type in _HELLO_NAMES:
         r = _Reader(body, _HELLO_NAMES[msg_type])
-        r.uint(2)
-        r.take(32)  # random
+        r.take(2 + 32)  # legacy_version, random
         r.vector(1, 0, 32, "legacy_session_id")
         if msg_type == CLIENT_HELLO:
             r.vector(2, 2, 2**16 - 2, "cipher_suites")
             r.vector(1, 1, 255, "legacy_compression_methods")
         else:
-            r.take(3)  # cipher_suite, legacy_compression_method
+            r.take(2)  # cipher_suite
+            compression = r.uint(1)
         if not r.remaining():
-            return {}  # TLS 1.2 without extensions (RFC 5246 section 7.4.1.2)
+            return Hello({}, compression)  # TLS 1.2 without extensions (RFC 5246 7.4.1.2)
     else:
         raise UsageError(f"handshake type {msg_type} carries no hello extensions")
     block = r.vector(2, 0, 2**16 - 1, "extensions")
     if r.remaining():
         raise DecodeError(f"{r.what} has {r.remaining()} trailing bytes")
-    return {t: data for t, data in _extension_list(block, r.what) if t in keep}
+    kept = {t: data for t, data in _extension_list(block, r.what) if t in keep}
+    return Hello(kept, compression)
 
 
-def server_hello_compression(body: BytesLike) -> int:
-    """The ``legacy_compression_method`` of a ServerHello body (RFC 5246 section 7.4.1.3;
-    RFC 8446 section 4.1.3 makes it 0). Non-zero means TLS 1.2 compression, which kernel
-    TLS cannot do.
-
-    Raises:
-        DecodeError: the body ends before the field.
-    """
-    r = _Reader(body, "ServerHello")
-    r.take(2 + 32)  # legacy_version, random
-    r.vector(1, 0, 32, "legacy_session_id")
-    r.take(2)  # cipher_suite
-    return r.uint(1)
+def hello_extensions(
+    msg_type: int, body: BytesLike, *, keep: frozenset[int] = _RECORD_SIZE_EXTENSIONS
+) -> dict[int, bytes]:
+    """The extensions in *keep* of a hello body (see :func:`parse_hello`)."""
+    return parse_hello(msg_type, body, keep=keep).extensions
 
 
 def parse_max_fragment_length(data: BytesLike) -> int:

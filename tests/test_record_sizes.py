@@ -161,12 +161,12 @@ def test_hello_extensions_random_bytes_only_decode_errors(data: bytes, msg_type:
 def test_server_hello_compression() -> None:
     """The ServerHello's compression method, read by the observer from the message it is
     fed: 0 normally, what the server chose otherwise (kernel TLS cannot compress)."""
-    assert r.server_hello_compression(server_hello([])) == 0
+    assert r.parse_hello(r.SERVER_HELLO, server_hello([])).compression == 0
     compressed = bytearray(server_hello(None))
     compressed[-1] = 1  # DEFLATE (RFC 3749)
-    assert r.server_hello_compression(compressed) == 1
+    assert r.parse_hello(r.SERVER_HELLO, compressed).compression == 1
     with pytest.raises(DecodeError):
-        r.server_hello_compression(compressed[:-1])
+        r.parse_hello(r.SERVER_HELLO, compressed[:-1])
     obs = RecordObserver()
     message = bytes([r.SERVER_HELLO]) + len(compressed).to_bytes(3, "big") + compressed
     obs.event(False, 0x0303, r.HANDSHAKE, message)
