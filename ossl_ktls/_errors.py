@@ -196,12 +196,6 @@ class KeyUpdateUnsupported(Error):
 
 _CLOSE_NOTIFY_ALERT = 0
 
-_ERRNO_CLASSES: dict[int, type[Error]] = {
-    _errno.EBADMSG: BadRecordMAC,
-    _errno.EMSGSIZE: RecordOverflow,
-}
-
-
 def from_errno(err: int, operation: str) -> Error:
     """Map a kernel errno from a TLS socket operation to the library's exception.
 
@@ -211,18 +205,12 @@ def from_errno(err: int, operation: str) -> Error:
     a ``BrokenPipeError``, ECONNABORTED a ``ConnectionAbortedError``, ETIMEDOUT a
     ``ConnectionError``; so ``except ConnectionResetError`` works as with a plain socket.
     """
-    text = f"{operation} failed: {os.strerror(err)} (errno {err})"
-    cls = _ERRNO_CLASSES.get(err)
-    if cls is not None:
-        return cls(text, errno=err)
     if err == _errno.EINVAL:
         return ProtocolError(
             f"{operation} failed: the kernel rejected a record (EINVAL)", errno=err, alert=50
         )
-    transport = _TRANSPORT_CLASSES.get(err)
-    if transport is not None:
-        return transport(text, errno=err)
-    return KernelError(text, errno=err)
+    cls = _ERRNO_CLASSES.get(err, KernelError)
+    return cls(f"{operation} failed: {os.strerror(err)} (errno {err})", errno=err)
 
 
 class _ConnectionKernelError(KernelError, ConnectionError):
@@ -241,7 +229,10 @@ class _AbortedKernelError(KernelError, ConnectionAbortedError):
     """The connection was aborted (ECONNABORTED)."""
 
 
-_TRANSPORT_CLASSES: dict[int, type[KernelError]] = {
+# errno -> class; anything else is a plain KernelError (EINVAL: see from_errno).
+_ERRNO_CLASSES: dict[int, type[Error]] = {
+    _errno.EBADMSG: BadRecordMAC,
+    _errno.EMSGSIZE: RecordOverflow,
     _errno.ECONNRESET: _ResetKernelError,
     _errno.EPIPE: _BrokenPipeKernelError,
     _errno.ECONNABORTED: _AbortedKernelError,
