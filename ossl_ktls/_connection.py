@@ -199,6 +199,9 @@ class KTLSConnection:
     ) -> None:
         self._conn = conn
         self._sock = sock
+        # The record observer OpenSSL's callbacks feed for this Connection (it lives as
+        # long as the Connection; looked up once, not per read).
+        self._observer: RecordObserver = _openssl.state_of(conn).observer
         self._ticket_callback = ticket_callback
         self._ragged_eof = ragged_eof
         self.ktls_tx = False
@@ -374,10 +377,6 @@ class KTLSConnection:
             raise UsageError(f"{what}() needs that direction in the kernel")
 
     # ------------------------------------------------------------------ state
-
-    @property
-    def _observer(self) -> RecordObserver:
-        return _openssl.state_of(self._conn).observer
 
     def _alert_marks(self) -> tuple[int, int]:
         """How many alerts the observer has seen each way (before an OpenSSL call)."""
@@ -997,7 +996,7 @@ class KTLSConnection:
 
     def _after_user_read(self) -> None:
         """Deal with what OpenSSL did while reading in user space."""
-        observer = _openssl.state_of(self._conn).observer
+        observer = self._observer
         if observer.peer_key_update_requested:
             observer.peer_key_update_requested = False
             if self.ktls_tx:
