@@ -196,6 +196,7 @@ class KeyUpdateUnsupported(Error):
 
 _CLOSE_NOTIFY_ALERT = 0
 
+
 def from_errno(err: int, operation: str) -> Error:
     """Map a kernel errno from a TLS socket operation to the library's exception.
 

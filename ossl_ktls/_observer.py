@@ -30,21 +30,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import _records
 from ._errors import Error
 from ._records import ENCRYPTED_EXTENSIONS, parse_hello
 
-HEADER = 0x100
-CHANGE_CIPHER_SPEC = 20
-ALERT = 21
-HANDSHAKE = 22
+# Content and handshake types under the names this module uses, from the one table.
+CHANGE_CIPHER_SPEC = _records.CONTENT_CHANGE_CIPHER_SPEC
+ALERT = _records.CONTENT_ALERT
+HANDSHAKE = _records.CONTENT_HANDSHAKE
+HS_HELLO_REQUEST = _records.HELLO_REQUEST
+HS_CLIENT_HELLO = _records.CLIENT_HELLO
+HS_SERVER_HELLO = _records.SERVER_HELLO
+HS_FINISHED = _records.FINISHED
+HS_KEY_UPDATE = _records.KEY_UPDATE
 
-HEADER_INNER = 0x101
-INNER_CONTENT_TYPE = HEADER_INNER
-HS_HELLO_REQUEST = 0
-HS_CLIENT_HELLO = 1
-HS_SERVER_HELLO = 2
-HS_FINISHED = 20
-HS_KEY_UPDATE = 24
+# OpenSSL's pseudo content types of the message callback (SSL3_RT_HEADER,
+# SSL3_RT_INNER_CONTENT_TYPE); the real ones come from _records.
+HEADER = 0x100
+INNER_CONTENT_TYPE = 0x101
 
 READ, WRITE = 0, 1
 

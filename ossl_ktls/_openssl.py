@@ -26,14 +26,19 @@ from typing import Any, cast
 from OpenSSL import SSL
 from OpenSSL._util import ffi, lib
 
+from . import _records
 from ._errors import UsageError
 from ._observer import RecordObserver
 
 _STATE_ATTR = "_ossl_ktls_state"
 _PREPARED_ATTR = "_ossl_ktls_prepared"
 
-_HANDSHAKE = 22
-_HELLOS = (b"\x01", b"\x02", b"\x08")  # ClientHello, ServerHello, EncryptedExtensions
+_HANDSHAKE = _records.CONTENT_HANDSHAKE
+# The messages copied whole for the observer (their extensions decide record sizes).
+_HELLOS = tuple(
+    bytes([t])
+    for t in (_records.CLIENT_HELLO, _records.SERVER_HELLO, _records.ENCRYPTED_EXTENSIONS)
+)
 
 _SECRET_LABELS = {b"CLIENT_TRAFFIC_SECRET_0": "client", b"SERVER_TRAFFIC_SECRET_0": "server"}
 
