@@ -27,7 +27,14 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi, lib
 
 from . import _records
-from ._errors import UsageError
+from ._errors import (
+    Error,
+    ProtocolError,
+    TruncatedStream,
+    UsageError,
+    from_alerts,
+    from_errno,
+)
 from ._observer import RecordObserver
 
 _STATE_ATTR = "_ossl_ktls_state"
@@ -249,3 +256,31 @@ def set_peer_name(conn: SSL.Connection, name: str, verify: bool) -> None:
         ok = lib.X509_VERIFY_PARAM_set1_host(param, ascii_name, len(ascii_name))
     if ok != 1:
         raise UsageError(f"cannot set the expected server name {name!r}")
+
+
+def map_error(
+    exc: SSL.Error, operation: str, observer: RecordObserver, marks: tuple[int, int]
+) -> Error:
+    """Map a pyOpenSSL error of the user-space path to the library's hierarchy.
+
+    From codes: the errno of a system call error, else the alerts the record observer
+    saw cross during the failed call (*marks*: the lengths of its ``alerts_read`` and
+    ``alerts_written`` before it). Only OpenSSL's "unexpected eof" (a TCP end without
+    close_notify, which moves no alert) is recognised by its reason text, which
+    pyOpenSSL hands over without the code.
+    """
+    if isinstance(exc, SSL.SysCallError):
+        code = exc.args[0] if exc.args else -1
+        if code in (-1, 0):
+            return TruncatedStream(f"{operation}: the peer closed TCP without close_notify")
+        return from_errno(int(code), operation)
+    reasons = [str(r[2]) for r in (exc.args[0] if exc.args else []) if len(r) >= 3]
+    text = "; ".join(reasons) or str(exc)
+    mapped = from_alerts(
+        operation, observer.alerts_read[marks[0] :], observer.alerts_written[marks[1] :], text
+    )
+    if mapped is not None:
+        return mapped
+    if "unexpected eof" in text.lower():
+        return TruncatedStream(f"{operation}: the peer closed TCP without close_notify")
+    return ProtocolError(f"{operation}: {text}")

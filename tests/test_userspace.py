@@ -15,7 +15,7 @@ import pytest
 from OpenSSL import SSL
 
 import ossl_ktls
-from ossl_ktls import _connection
+from ossl_ktls import _engine
 from tests._pairs import (
     Certs,
     Peer,
@@ -180,7 +180,7 @@ def test_nonblocking_close_resets_when_the_backlog_cannot_go(
     """If nobody reads, close() cannot deliver the queue: after its wait (30 s, 1 s here)
     it resets the connection. The peer then reads a true prefix and an error, never
     close_notify (which would call a cut stream whole)."""
-    monkeypatch.setattr(_connection, "_CONTROL_WAIT", 1.0)
+    monkeypatch.setattr(_engine, "CONTROL_WAIT", 1.0)
     k, server = _user_pair(certs)
     k.setblocking(False)
     accepted = _fill_backlog(k)

@@ -1,0 +1,391 @@
+"""The engine of one handed-over connection: the state its direction paths share, its
+lifecycle, and the operations every façade is built on.
+
+Theory of operation
+-------------------
+``_handover.hand_over`` finishes the handshake, decides with ``_policy.plan`` where each
+direction goes, installs the kernel's keys and builds an :class:`Engine` with one
+transmit path and one receive path (``_tx.KernelTx`` or ``_tx.UserTx``,
+``_rx.KernelRx`` or ``_rx.UserRx``), chosen once. From then on:
+
+* the engine's public methods (``send``, ``sendfile``, ``recv_into``, ``shutdown``,
+  ``close``, ...) check the lifecycle, take the locks and call the path; they never
+  branch on where a direction lives;
+* a receive path reaches the transmit path only through :class:`TxPath`'s answers
+  (``send_alert``, ``answer_key_update``, ``openssl_read_done``), never through a façade;
+* every fatal error goes through :meth:`Engine.fatal`: the peer gets the alert when one
+  applies, the socket is closed, key material is wiped, and every later call raises
+  ``ConnectionClosed`` naming the error.
+
+Façades (``KTLSConnection``, the asyncio transport, the pyOpenSSL-compatible Connection)
+use only the public methods and attributes below.
+
+Locks: ``tx_lock`` orders everything that goes out (held across a socket write);
+``ssl_lock`` guards the OpenSSL object, which is not thread-safe, and is never held
+across a socket call. Lock order: ``tx_lock``, then ``ssl_lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Protocol
+
+from OpenSSL import SSL
+
+from . import _openssl, _records
+from ._errors import (
+    ConnectionClosed,
+    Error,
+    TLSAlertError,
+    UsageError,
+    alert_name,
+    from_errno,
+)
+from ._observer import RecordObserver
+
+if TYPE_CHECKING:
+    from ._secrets import TrafficSecrets
+    from ._suites import Suite
+
+MAX_RECORD = _records.MAX_PLAINTEXT
+READ_CHUNK = 65536
+CONTROL_WAIT = 30.0  # seconds a control record (or close()'s backlog) may wait for room
+
+ALERT_WARNING = _records.ALERT_LEVEL_WARNING
+ALERT_FATAL = _records.ALERT_LEVEL_FATAL
+CLOSE_NOTIFY = 0
+
+
+class State(enum.Enum):
+    """A connection's lifecycle: OPEN, then BROKEN (a fatal error closed the socket; the
+    error is kept and raised again, wrapped, by every later call) or CLOSED (``close()``
+    or ``abort()``)."""
+
+    OPEN = "open"
+    BROKEN = "broken"
+    CLOSED = "closed"
+
+
+class TxPath(Protocol):
+    """Where records we send are made: the kernel (``KernelTx``) or OpenSSL over a
+    memory BIO, its ciphertext written to the socket by us (``UserTx``).
+
+    Methods that write expect the caller to hold the engine's ``tx_lock``, except
+    ``sendfile``, which takes it itself (the user-space loop per chunk)."""
+
+    kernel: bool
+    record_limit: int
+    key_update_after: int | None
+
+    def send(self, view: memoryview, more: bool) -> int: ...
+    def sendfile(self, fd: int, offset: int, count: int) -> int: ...
+    def can_send_alert(self, description: int) -> bool: ...
+    def send_alert(self, level: int, description: int) -> None: ...
+    def backlog(self) -> int: ...
+    def flush(self) -> None: ...
+    def half_close(self) -> None: ...
+    def key_update(self, request_peer: bool) -> None: ...
+    def answer_key_update(self) -> None: ...
+    def openssl_read_done(self, key_update_requested: bool) -> None: ...
+    def note_records(self, records: int) -> None: ...
+    def sequence(self) -> int: ...
+
+
+class RxPath(Protocol):
+    """Where records we receive are opened: the kernel (``KernelRx``) or OpenSSL fed
+    from the socket by us (``UserRx``)."""
+
+    kernel: bool
+
+    def recv_into(self, view: memoryview) -> int: ...
+    def has_buffered_end(self) -> bool: ...
+    def drain_once(self, buf: memoryview) -> int: ...
+    def sequence(self) -> int: ...
+
+
+def deadline_of(sock: socket.socket) -> float | None:
+    """When an operation started now must end by the socket's timeout (None: never)."""
+    timeout = sock.gettimeout()
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def wait(sock: socket.socket, *, write: bool, deadline: float | None) -> None:
+    """Wait until *sock* is readable/writable, honouring its timeout semantics."""
+    timeout = sock.gettimeout()
+    if timeout == 0.0:
+        raise BlockingIOError(errno.EAGAIN, "operation would block")
+    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT if write else select.POLLIN)
+    if not poller.poll(None if remaining is None else remaining * 1000):
+        raise TimeoutError("timed out")
+
+
+def writable_before(sock: socket.socket, deadline: float) -> bool:
+    """Wait until *sock* has send-buffer room; False if *deadline* passes first."""
+    remaining = deadline - time.monotonic()
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    return remaining > 0 and bool(poller.poll(remaining * 1000))
+
+
+@contextlib.contextmanager
+def nonblocking(sock: socket.socket) -> Iterator[None]:
+    """Make *sock* non-blocking for a moment (its timeout is restored after)."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
+
+
+class Engine:
+    """One handed-over connection (see the module docstring). Built by ``hand_over``."""
+
+    tx: TxPath
+    rx: RxPath
+
+    def __init__(
+        self,
+        conn: SSL.Connection,
+        sock: socket.socket,
+        *,
+        version: str,
+        suite: Suite | None,
+        is_server: bool,
+        ragged_eof: bool,
+    ) -> None:
+        self.conn = conn
+        self.sock = sock
+        # The record observer OpenSSL's callbacks feed for this Connection.
+        self.observer: RecordObserver = _openssl.state_of(conn).observer
+        self.version = version
+        self.suite = suite
+        self.is_server = is_server
+        self.ragged_eof = ragged_eof
+        self.on_ticket: Callable[[bytes], None] | None = None
+        self.fallback_reason: str | None = None
+        self.zerocopy_sendfile = False
+        self.tx_record_limit = MAX_RECORD  # the most plaintext a record we send may carry
+        self.secrets: TrafficSecrets | None = None  # TLS 1.3, kernel directions, rekeyable
+        self.state = State.OPEN
+        self.error: Error | None = None
+        self.tx_lock = threading.RLock()
+        self.ssl_lock = threading.RLock()
+        self.rx_plain = bytearray()  # plaintext received, not yet read
+        self.eof = False
+        self.close_notify_sent = False
+        self.close_notify_received = False
+        self.scratch = bytearray(MAX_RECORD + 256)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Engine {self.state.value} {self.version} {self.suite.name if self.suite else '?'}"
+            f" tx={'kernel' if self.tx.kernel else 'user'}"
+            f" rx={'kernel' if self.rx.kernel else 'user'}>"
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def check_usable(self) -> None:
+        """Raise ConnectionClosed unless the connection is OPEN."""
+        if self.error is not None:
+            raise ConnectionClosed(f"connection is closed after an error: {self.error}")
+        if self.state is not State.OPEN:
+            raise ConnectionClosed()
+
+    def fatal(self, exc: Error, *, alert: bool = True) -> Error:
+        """Record *exc* as fatal, tell the peer when we can, close the socket, return exc."""
+        if self.state is State.OPEN:
+            self.state, self.error = State.BROKEN, exc
+            if alert and exc.alert is not None and not isinstance(exc, TLSAlertError):
+                with contextlib.suppress(OSError, Error, SSL.Error):
+                    self.tx.send_alert(ALERT_FATAL, exc.alert)
+            self.teardown()
+        return exc
+
+    def os_error(self, exc: OSError, operation: str) -> Exception:
+        """Blocking/timeout errors pass through; others are fatal and mapped."""
+        if isinstance(exc, (BlockingIOError, TimeoutError, InterruptedError)):
+            return exc
+        if exc.errno is None:
+            return self.fatal(from_errno(errno.EIO, operation))
+        return self.fatal(from_errno(exc.errno, operation), alert=exc.errno != errno.EPIPE)
+
+    def alert_marks(self) -> tuple[int, int]:
+        """How many alerts the observer has seen each way (taken before an OpenSSL call)."""
+        return len(self.observer.alerts_read), len(self.observer.alerts_written)
+
+    def openssl_error(self, exc: SSL.Error, operation: str, marks: tuple[int, int]) -> Error:
+        """Map an OpenSSL error of the user-space path (see ``_openssl.map_error``)."""
+        return _openssl.map_error(exc, operation, self.observer, marks)
+
+    def teardown(self) -> None:
+        self.wipe()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def wipe(self) -> None:
+        """Zero every secret kept for this connection (ours and the callbacks')."""
+        if self.secrets is not None:
+            self.secrets.wipe()
+        _openssl.state_of(self.conn).wipe()
+
+    def half_close(self) -> None:
+        """The TCP half-close after our close_notify."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise self.os_error(exc, "shutdown") from exc
+
+    def peer_closed(self) -> None:
+        """close_notify arrived: end of stream; TLS 1.2 answers with its own (RFC 5246 7.2.1)."""
+        self.close_notify_received = True
+        self.eof = True
+        if self.version == "1.2" and not self.close_notify_sent:
+            try:
+                with self.tx_lock:
+                    self.tx.send_alert(ALERT_WARNING, CLOSE_NOTIFY)
+                self.close_notify_sent = True
+            except (OSError, Error):
+                pass  # the peer may already be gone; its close_notify was still clean
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, view: memoryview, more: bool) -> int:
+        """Send what the transmit path accepts of *view* now (``socket.send`` semantics)."""
+        with self.tx_lock:
+            self.check_usable()
+            if self.close_notify_sent:
+                raise ConnectionClosed("send() after shutdown()")
+            return self.tx.send(view, more)
+
+    def sendfile(self, fd: int, offset: int, count: int) -> int:
+        """Send *count* bytes of *fd* from *offset* (arguments already checked)."""
+        self.check_usable()
+        return self.tx.sendfile(fd, offset, count)
+
+    def send_alert(self, level: int, description: int) -> None:
+        """Send an alert record; a fatal one ends the connection."""
+        if level not in (ALERT_WARNING, ALERT_FATAL) or not 0 <= description <= 255:
+            raise UsageError("alert level must be 1 or 2 and description 0..255")
+        with self.tx_lock:
+            self.check_usable()
+            if not self.tx.can_send_alert(description):
+                raise UsageError("send_alert() of anything but close_notify needs kernel TX")
+            self.tx.send_alert(level, description)
+            if description == CLOSE_NOTIFY:
+                self.close_notify_sent = True
+            if level == ALERT_FATAL:
+                self.state = State.BROKEN
+                self.error = Error(f"we sent fatal alert {alert_name(description)}")
+                self.teardown()
+
+    def key_update(self, request_peer: bool) -> None:
+        """Send a TLS 1.3 KeyUpdate and move TX to the next key."""
+        with self.tx_lock:
+            self.check_usable()
+            if self.version != "1.3":
+                raise UsageError("KeyUpdate exists only in TLS 1.3")
+            self.tx.key_update(request_peer)
+
+    def flush(self) -> int:
+        """Push queued user-space ciphertext; returns what is still queued."""
+        with self.tx_lock:
+            self.check_usable()
+            self.tx.flush()
+            return self.tx.backlog()
+
+    def shutdown(self) -> None:
+        """Send close_notify, then half-close TCP (when nothing is queued before it)."""
+        with self.tx_lock:
+            self.check_usable()
+            if not self.close_notify_sent:
+                self.tx.send_alert(ALERT_WARNING, CLOSE_NOTIFY)
+                self.close_notify_sent = True
+            self.tx.half_close()
+
+    # ------------------------------------------------------------------ receiving
+
+    def recv_into(self, view: memoryview) -> int:
+        """Receive into *view* (not empty); 0 means the end of the stream."""
+        if self.rx_plain:
+            n = min(len(view), len(self.rx_plain))
+            view[:n] = self.rx_plain[:n]
+            del self.rx_plain[:n]
+            return n
+        self.check_usable()
+        if self.eof:
+            return 0
+        return self.rx.recv_into(view)
+
+    def has_buffered_input(self) -> bool:
+        """True when the next receive answers without reading the socket."""
+        return bool(self.rx_plain) or (not self.eof and self.rx.has_buffered_end())
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Close without losing data (see ``KTLSConnection.close``)."""
+        if self.state is State.CLOSED:
+            return
+        try:
+            if self.state is State.OPEN and not self.close_notify_sent:
+                self.shutdown()
+            if self.tx.backlog() and not self._push_backlog():
+                self.abort()
+                return
+        except (OSError, Error, SSL.Error):
+            pass
+        self._drain()
+        self.state = State.CLOSED
+        self.teardown()
+
+    def abort(self) -> None:
+        """Close at once with a TCP reset, never a clean end."""
+        if self.state is State.CLOSED:
+            return
+        if self.error is None:
+            self.error = ConnectionClosed("the connection was aborted")
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.state = State.CLOSED
+        self.teardown()
+
+    def _push_backlog(self) -> bool:
+        """Wait (up to CONTROL_WAIT) until the user-space ciphertext queue is on the wire."""
+        deadline = time.monotonic() + CONTROL_WAIT
+        while True:
+            with self.tx_lock:
+                self.tx.flush()
+            if not self.tx.backlog():
+                return True
+            if not writable_before(self.sock, deadline):
+                return False
+
+    def _drain(self) -> None:
+        """Read and drop what waits in the receive queue (closing over unread data makes
+        the kernel send a reset, and the peer could lose the tail of our data)."""
+        if self.sock.fileno() < 0:
+            return
+        buf = memoryview(self.scratch)
+        # Python waits out a socket timeout before recv even with MSG_DONTWAIT: switch
+        # the socket to non-blocking for the drain instead.
+        with nonblocking(self.sock):
+            for _ in range(256):
+                try:
+                    if self.rx.drain_once(buf) == 0:
+                        return
+                except OSError:
+                    return

@@ -1,0 +1,243 @@
+"""The two receive paths: :class:`KernelRx` (kTLS opens the records; control records
+come one per ``recvmsg`` with their type in a cmsg) and :class:`UserRx` (we feed the
+socket's bytes to OpenSSL through its memory BIO and take out the plaintext).
+
+Both implement ``_engine.RxPath``. A control record's meaning comes from the pure rules
+in ``_post_handshake``; the path carries the action out, reaching TX only through the
+engine's ``TxPath`` answers.
+"""
+
+from __future__ import annotations
+
+from OpenSSL import SSL
+
+from . import _linux_tls as uapi
+from . import _post_handshake as rules
+from . import _records
+from ._engine import ALERT_WARNING, MAX_RECORD, READ_CHUNK, Engine
+from ._errors import (
+    Error,
+    KeyUpdateUnsupported,
+    TLSAlertError,
+    TruncatedStream,
+    UnexpectedMessage,
+    UsageError,
+)
+
+
+class KernelRx:
+    """RX in the kernel: application data straight into the caller's buffer where it is
+    at least a record long, control records through the engine's scratch buffer."""
+
+    kernel = True
+
+    def __init__(self, engine: Engine) -> None:
+        self._e = engine
+        self._sock = engine.sock
+        self._hs = _records.HandshakeBuffer()
+
+    def recv_into(self, view: memoryview) -> int:
+        e = self._e
+        while True:
+            direct = len(view) >= MAX_RECORD
+            target = view if direct else memoryview(e.scratch)
+            try:
+                n, rtype = uapi.recv_record_into(self._sock, target)
+            except OSError as exc:
+                raise e.os_error(exc, "receive") from exc
+            if rtype is None:
+                if n == 0:
+                    return self._transport_eof()
+                rtype = _records.CONTENT_APPLICATION_DATA
+            if rtype == _records.CONTENT_APPLICATION_DATA:
+                if n == 0:
+                    continue
+                if direct:
+                    return n
+                m = min(n, len(view))
+                view[:m] = target[:m]
+                if n > m:
+                    e.rx_plain += target[m:n]
+                return m
+            if self._control_record(rtype, bytes(target[:n])):
+                return 0
+
+    def has_buffered_end(self) -> bool:
+        return False
+
+    def drain_once(self, buf: memoryview) -> int:
+        return uapi.recv_record_into(self._sock, buf)[0]
+
+    def sequence(self) -> int:
+        assert self._e.suite is not None
+        return uapi.read_rec_seq(self._sock, uapi.TLS_RX, self._e.suite.name)
+
+    def _transport_eof(self) -> int:
+        e = self._e
+        e.eof = True
+        if e.ragged_eof or e.close_notify_received:
+            return 0
+        raise e.fatal(
+            TruncatedStream("the peer closed TCP without close_notify: data may be cut short"),
+            alert=False,
+        )
+
+    def _control_record(self, rtype: int, payload: bytes) -> bool:
+        """Carry out what one non-data record means; True when it ends the stream."""
+        e = self._e
+        action = rules.on_record_type(rtype)
+        if action is rules.Action.ALERT:
+            try:
+                level, description = _records.parse_alert(payload)
+            except Error as exc:
+                raise e.fatal(exc) from exc
+            alert_action = rules.on_alert(e.version, level, description)
+            if alert_action is rules.Action.END_OF_STREAM:
+                e.peer_closed()
+                return True
+            if alert_action is rules.Action.IGNORE:
+                return False
+            raise e.fatal(TLSAlertError(level, description), alert=False)
+        if action is rules.Action.HANDSHAKE:
+            try:
+                messages = self._hs.feed(payload)
+            except Error as exc:
+                raise e.fatal(exc) from exc
+            for msg in messages:
+                self._handshake_message(msg)
+            return False
+        raise e.fatal(UnexpectedMessage(f"unexpected record type {rtype} after the handshake"))
+
+    def _handshake_message(self, msg: _records.HandshakeMessage) -> None:
+        e = self._e
+        action = rules.on_handshake_message(e.version, e.is_server, msg.msg_type)
+        if action is rules.Action.TICKET:
+            try:
+                _records.parse_new_session_ticket_13(msg.body)
+            except Error as exc:
+                raise e.fatal(exc) from exc
+            if e.on_ticket is not None:
+                e.on_ticket(msg.raw)
+        elif action is rules.Action.KEY_UPDATE:
+            try:
+                requested = _records.parse_key_update(msg.body)
+            except Error as exc:
+                raise e.fatal(exc) from exc
+            self._peer_key_update(requested)
+        elif action is rules.Action.REFUSE_RENEGOTIATION:
+            if e.tx.kernel and not e.close_notify_sent:
+                with e.tx_lock:
+                    e.tx.send_alert(ALERT_WARNING, rules.NO_RENEGOTIATION)
+        else:
+            raise e.fatal(
+                UnexpectedMessage(
+                    f"unexpected handshake message type {msg.msg_type} after the handshake"
+                )
+            )
+
+    def _peer_key_update(self, requested: bool) -> None:
+        e = self._e
+        if e.secrets is None or not e.secrets.has("rx"):
+            raise e.fatal(
+                KeyUpdateUnsupported(
+                    "the peer updated its TLS 1.3 key, and this kernel cannot rekey kernel RX "
+                    "(Linux 6.14+ can); wrap() without rx_without_rekey keeps RX in user space"
+                )
+            )
+        e.secrets.advance("rx")
+        state = e.secrets.state("rx", 0)
+        try:
+            uapi.install(self._sock, uapi.TLS_RX, state)
+        except OSError as exc:
+            raise e.fatal(
+                KeyUpdateUnsupported(f"the kernel refused the new RX key: {exc.strerror}")
+            ) from exc
+        finally:
+            state.wipe()
+        if requested:
+            with e.tx_lock:
+                e.tx.answer_key_update()
+
+
+class UserRx:
+    """RX in user space: the one memory-BIO pump. Everything OpenSSL can decrypt from
+    what it was fed goes to the engine's plaintext buffer at once, so ``pending()`` is
+    exact and select() on the descriptor never misses buffered data; the stream's end
+    (close_notify, an error) is kept until that plaintext was read."""
+
+    kernel = False
+
+    def __init__(self, engine: Engine) -> None:
+        self._e = engine
+        self._sock = engine.sock
+        self._end: str | Error | None = None
+
+    def recv_into(self, view: memoryview) -> int:
+        e = self._e
+        while True:
+            self._pump()
+            if e.rx_plain:
+                n = min(len(view), len(e.rx_plain))
+                view[:n] = e.rx_plain[:n]
+                del e.rx_plain[:n]
+                return n
+            if self._end is not None:
+                return self._finish()
+            try:
+                chunk = self._sock.recv(READ_CHUNK)
+            except OSError as exc:
+                raise e.os_error(exc, "receive") from exc
+            with e.ssl_lock:
+                if not chunk:
+                    e.conn.bio_shutdown()
+                else:
+                    e.conn.bio_write(chunk)
+
+    def has_buffered_end(self) -> bool:
+        return self._end is not None
+
+    def drain_once(self, buf: memoryview) -> int:
+        return self._sock.recv_into(buf)
+
+    def sequence(self) -> int:
+        raise UsageError("rx_sequence() needs that direction in the kernel")
+
+    def _pump(self) -> None:
+        """Decrypt all complete records OpenSSL holds into the plaintext buffer."""
+        e = self._e
+        while self._end is None:
+            marks = e.alert_marks()
+            try:
+                with e.ssl_lock:
+                    data = e.conn.recv(READ_CHUNK)
+            except SSL.WantReadError:
+                self._after_read()
+                return
+            except SSL.ZeroReturnError:
+                self._end = "close_notify"
+            except SSL.Error as exc:
+                self._end = e.openssl_error(exc, "receive", marks)
+            else:
+                e.rx_plain += data
+            self._after_read()
+
+    def _after_read(self) -> None:
+        """Hand TX what OpenSSL did while reading (a KeyUpdate to answer, records it wrote)."""
+        observer = self._e.observer
+        requested = observer.peer_key_update_requested
+        if requested:
+            observer.peer_key_update_requested = False
+        self._e.tx.openssl_read_done(requested)
+
+    def _finish(self) -> int:
+        """The stream ended (buffered data was delivered first)."""
+        e = self._e
+        end = self._end
+        if end == "close_notify":
+            e.peer_closed()
+            return 0
+        assert isinstance(end, Error)
+        if isinstance(end, TruncatedStream) and e.ragged_eof:
+            e.eof = True
+            return 0
+        raise e.fatal(end, alert=False)
