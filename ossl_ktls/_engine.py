@@ -50,6 +50,7 @@ from ._errors import (
     from_errno,
 )
 from ._observer import RecordObserver
+from ._wire import AlertDescription, AlertLevel
 
 if TYPE_CHECKING:
     from ._secrets import TrafficSecrets
@@ -59,9 +60,9 @@ MAX_RECORD = _records.MAX_PLAINTEXT
 READ_CHUNK = 65536
 CONTROL_WAIT = 30.0  # seconds a control record (or close()'s backlog) may wait for room
 
-ALERT_WARNING = _records.ALERT_LEVEL_WARNING
-ALERT_FATAL = _records.ALERT_LEVEL_FATAL
-CLOSE_NOTIFY = 0
+ALERT_WARNING = AlertLevel.WARNING
+ALERT_FATAL = AlertLevel.FATAL
+CLOSE_NOTIFY = AlertDescription.CLOSE_NOTIFY
 
 
 class State(enum.Enum):

@@ -19,6 +19,8 @@ import errno as _errno
 import os
 from collections.abc import Sequence
 
+from ._wire import AlertDescription
+
 __all__ = [
     "BadRecordMAC",
     "ConnectionClosed",
@@ -37,43 +39,8 @@ __all__ = [
     "from_errno",
 ]
 
-# TLS alert descriptions (RFC 8446 section 6, RFC 5246 section 7.2).
-ALERT_NAMES: dict[int, str] = {
-    0: "close_notify",
-    10: "unexpected_message",
-    20: "bad_record_mac",
-    21: "decryption_failed",
-    22: "record_overflow",
-    30: "decompression_failure",
-    40: "handshake_failure",
-    41: "no_certificate",
-    42: "bad_certificate",
-    43: "unsupported_certificate",
-    44: "certificate_revoked",
-    45: "certificate_expired",
-    46: "certificate_unknown",
-    47: "illegal_parameter",
-    48: "unknown_ca",
-    49: "access_denied",
-    50: "decode_error",
-    51: "decrypt_error",
-    60: "export_restriction",
-    70: "protocol_version",
-    71: "insufficient_security",
-    80: "internal_error",
-    86: "inappropriate_fallback",
-    90: "user_canceled",
-    100: "no_renegotiation",
-    109: "missing_extension",
-    110: "unsupported_extension",
-    111: "certificate_unobtainable",
-    112: "unrecognized_name",
-    113: "bad_certificate_status_response",
-    114: "bad_certificate_hash_value",
-    115: "unknown_psk_identity",
-    116: "certificate_required",
-    120: "no_application_protocol",
-}
+# TLS alert descriptions (RFC 8446 section 6, RFC 5246 section 7.2) by their RFC names.
+ALERT_NAMES: dict[int, str] = {int(a): a.name.lower() for a in AlertDescription}
 
 
 def alert_name(description: int) -> str:
@@ -148,26 +115,26 @@ class BadRecordMAC(ProtocolError):
     """A record failed authentication (tampered or wrongly keyed): kernel ``EBADMSG``."""
 
     errno = _errno.EBADMSG
-    alert = 20
+    alert = AlertDescription.BAD_RECORD_MAC
 
 
 class RecordOverflow(ProtocolError):
     """A record longer than TLS allows arrived: kernel ``EMSGSIZE``."""
 
     errno = _errno.EMSGSIZE
-    alert = 22
+    alert = AlertDescription.RECORD_OVERFLOW
 
 
 class DecodeError(ProtocolError):
     """A record or handshake message could not be parsed."""
 
-    alert = 50
+    alert = AlertDescription.DECODE_ERROR
 
 
 class UnexpectedMessage(ProtocolError):
     """A record or handshake message that is not allowed at this point arrived."""
 
-    alert = 10
+    alert = AlertDescription.UNEXPECTED_MESSAGE
 
 
 class TruncatedStream(Error, ConnectionError):
@@ -194,9 +161,6 @@ class KeyUpdateUnsupported(Error):
     """A TLS 1.3 KeyUpdate needs a transmit rekey this kernel cannot do (before Linux 6.14)."""
 
 
-_CLOSE_NOTIFY_ALERT = 0
-
-
 def from_errno(err: int, operation: str) -> Error:
     """Map a kernel errno from a TLS socket operation to the library's exception.
 
@@ -208,7 +172,9 @@ def from_errno(err: int, operation: str) -> Error:
     """
     if err == _errno.EINVAL:
         return ProtocolError(
-            f"{operation} failed: the kernel rejected a record (EINVAL)", errno=err, alert=50
+            f"{operation} failed: the kernel rejected a record (EINVAL)",
+            errno=err,
+            alert=AlertDescription.DECODE_ERROR,
         )
     cls = _ERRNO_CLASSES.get(err, KernelError)
     return cls(f"{operation} failed: {os.strerror(err)} (errno {err})", errno=err)
@@ -266,10 +232,10 @@ def from_alerts(
     alert moved, and the caller falls back to what else it knows. Codes, never text.
     """
     for level, description in read:
-        if description != _CLOSE_NOTIFY_ALERT:
+        if description != AlertDescription.CLOSE_NOTIFY:
             return TLSAlertError(level, description)
     for _level, description in written:
-        if description == _CLOSE_NOTIFY_ALERT:
+        if description == AlertDescription.CLOSE_NOTIFY:
             continue
         text = f"{operation}: we sent alert {alert_name(description)}"
         if detail:

@@ -36,6 +36,7 @@ from ._rx import KernelRx, UserRx
 from ._secrets import TrafficSecrets, crypto_state
 from ._suites import Suite, suite_for_openssl_name
 from ._tx import KernelTx, UserTx
+from ._wire import Direction
 
 _VERSION_NAMES = {"TLSv1.2": "1.2", "TLSv1.3": "1.3"}
 
@@ -242,11 +243,11 @@ def _install(
         if we not in captured or peer not in captured:
             raise OSError(errno.ENOKEY, "TLS 1.3 traffic secrets were not captured")
         secrets = TrafficSecrets(suite)
-        secrets.keep("tx", captured[we], obs.epoch[1])
-        secrets.keep("rx", captured[peer], obs.epoch[0])
+        secrets.keep(Direction.TX, captured[we], obs.epoch[1])
+        secrets.keep(Direction.RX, captured[peer], obs.epoch[0])
         state.wipe()
-        tx_state = secrets.state("tx", tx_seq)
-        rx_state = secrets.state("rx", rx_seq)
+        tx_state = secrets.state(Direction.TX, tx_seq)
+        rx_state = secrets.state(Direction.RX, rx_seq)
     try:
         uapi.set_ulp(sock)
         if want_tx and chosen.tx_record_limit < MAX_RECORD:

@@ -19,12 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ._suites import SUITES
+from ._wire import Direction
 
 # setsockopt levels and names
 SOL_TLS = 282
 TCP_ULP = 31
-TLS_TX = 1
-TLS_RX = 2
+TLS_TX = Direction.TX
+TLS_RX = Direction.RX
 TLS_TX_ZEROCOPY_RO = 3
 TLS_RX_EXPECT_NO_PAD = 4
 TLS_TX_MAX_PAYLOAD_LEN = 5

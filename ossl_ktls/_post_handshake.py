@@ -33,12 +33,13 @@ from ._records import (
     KEY_UPDATE,
     NEW_SESSION_TICKET,
 )
+from ._wire import AlertDescription
 
 __all__ = ["Action", "on_alert", "on_handshake_message", "on_record_type"]
 
-CLOSE_NOTIFY = 0
-USER_CANCELED = 90
-NO_RENEGOTIATION = 100
+CLOSE_NOTIFY = AlertDescription.CLOSE_NOTIFY
+USER_CANCELED = AlertDescription.USER_CANCELED
+NO_RENEGOTIATION = AlertDescription.NO_RENEGOTIATION
 
 
 class Action(enum.Enum):

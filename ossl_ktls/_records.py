@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ._errors import DecodeError, RecordOverflow, UnexpectedMessage, UsageError
+from ._wire import AlertDescription, AlertLevel, ContentType, HandshakeType
 
 __all__ = [
     "ALERT",
@@ -80,11 +81,11 @@ __all__ = [
 #: Accepted wherever bytes are read (a socket buffer may be a bytearray or memoryview).
 BytesLike = bytes | bytearray | memoryview
 
-# RFC 8446 section 5.1 / RFC 5246 section 6.2.1: ContentType.
-CONTENT_CHANGE_CIPHER_SPEC = 20
-CONTENT_ALERT = 21
-CONTENT_HANDSHAKE = 22
-CONTENT_APPLICATION_DATA = 23
+# The code points as module constants (IntEnum members from _wire).
+CONTENT_CHANGE_CIPHER_SPEC = ContentType.CHANGE_CIPHER_SPEC
+CONTENT_ALERT = ContentType.ALERT
+CONTENT_HANDSHAKE = ContentType.HANDSHAKE
+CONTENT_APPLICATION_DATA = ContentType.APPLICATION_DATA
 # Short spellings of the same four values.
 CHANGE_CIPHER_SPEC = CONTENT_CHANGE_CIPHER_SPEC
 ALERT = CONTENT_ALERT
@@ -92,34 +93,26 @@ HANDSHAKE = CONTENT_HANDSHAKE
 APPLICATION_DATA = CONTENT_APPLICATION_DATA
 #: Content types a TLS 1.2 or 1.3 record may carry. Heartbeat (24, RFC 6520) is never
 #: negotiated by OpenSSL 3 and so is rejected like any unknown type.
-CONTENT_TYPES: frozenset[int] = frozenset(
-    {CONTENT_CHANGE_CIPHER_SPEC, CONTENT_ALERT, CONTENT_HANDSHAKE, CONTENT_APPLICATION_DATA}
-)
+CONTENT_TYPES: frozenset[int] = frozenset(ContentType)
 
-# RFC 8446 section 4 / RFC 5246 section 7.4: HandshakeType (those this library meets).
-HELLO_REQUEST = 0  # TLS 1.2 only: a renegotiation request (RFC 5246 section 7.4.1.1)
-CLIENT_HELLO = 1
-SERVER_HELLO = 2
-NEW_SESSION_TICKET = 4
-END_OF_EARLY_DATA = 5
-ENCRYPTED_EXTENSIONS = 8
-CERTIFICATE = 11
-SERVER_KEY_EXCHANGE = 12
-CERTIFICATE_REQUEST = 13
-SERVER_HELLO_DONE = 14
-CERTIFICATE_VERIFY = 15
-CLIENT_KEY_EXCHANGE = 16
-FINISHED = 20
-KEY_UPDATE = 24
-MESSAGE_HASH = 254
+HELLO_REQUEST = HandshakeType.HELLO_REQUEST
+CLIENT_HELLO = HandshakeType.CLIENT_HELLO
+SERVER_HELLO = HandshakeType.SERVER_HELLO
+NEW_SESSION_TICKET = HandshakeType.NEW_SESSION_TICKET
+END_OF_EARLY_DATA = HandshakeType.END_OF_EARLY_DATA
+ENCRYPTED_EXTENSIONS = HandshakeType.ENCRYPTED_EXTENSIONS
+CERTIFICATE = HandshakeType.CERTIFICATE
+SERVER_KEY_EXCHANGE = HandshakeType.SERVER_KEY_EXCHANGE
+CERTIFICATE_REQUEST = HandshakeType.CERTIFICATE_REQUEST
+SERVER_HELLO_DONE = HandshakeType.SERVER_HELLO_DONE
+CERTIFICATE_VERIFY = HandshakeType.CERTIFICATE_VERIFY
+CLIENT_KEY_EXCHANGE = HandshakeType.CLIENT_KEY_EXCHANGE
+FINISHED = HandshakeType.FINISHED
+KEY_UPDATE = HandshakeType.KEY_UPDATE
+MESSAGE_HASH = HandshakeType.MESSAGE_HASH
 
-# RFC 8446 section 6 / RFC 5246 section 7.2: AlertLevel.
-ALERT_LEVEL_WARNING = 1
-ALERT_LEVEL_FATAL = 2
-
-# Alert descriptions used in this module's errors (RFC 8446 section 6.2).
-_ALERT_UNEXPECTED_MESSAGE = 10
-_ALERT_ILLEGAL_PARAMETER = 47
+ALERT_LEVEL_WARNING = AlertLevel.WARNING
+ALERT_LEVEL_FATAL = AlertLevel.FATAL
 
 #: RFC 8446 section 5.1 / RFC 5246 section 6.2.1: TLSPlaintext.length <= 2^14.
 MAX_PLAINTEXT = 2**14
@@ -181,7 +174,7 @@ def parse_record_header(data: BytesLike, *, tls13: bool) -> RecordHeader:
     if content_type not in CONTENT_TYPES:
         raise DecodeError(
             f"unknown TLS record content type {content_type}",
-            alert=_ALERT_UNEXPECTED_MESSAGE,
+            alert=AlertDescription.UNEXPECTED_MESSAGE,
         )
     if head[1] != 3:
         raise DecodeError(f"record version 0x{version:04x} is not TLS (major version 3)")
@@ -372,7 +365,7 @@ def parse_key_update(body: BytesLike) -> bool:
     if value not in (0, 1):
         raise DecodeError(
             f"KeyUpdate request_update {value} is neither 0 nor 1",
-            alert=_ALERT_ILLEGAL_PARAMETER,
+            alert=AlertDescription.ILLEGAL_PARAMETER,
         )
     return value == 1
 
@@ -478,7 +471,7 @@ def _extension_list(data: bytes, what: str) -> list[tuple[int, bytes]]:
         if ext_type in seen:
             raise DecodeError(
                 f"{what} repeats extension {ext_type} (RFC 8446 section 4.2)",
-                alert=_ALERT_ILLEGAL_PARAMETER,
+                alert=AlertDescription.ILLEGAL_PARAMETER,
             )
         seen.add(ext_type)
         extensions.append((ext_type, ext_body))
@@ -562,7 +555,7 @@ EXT_MAX_FRAGMENT_LENGTH = 1
 #: RFC 8449 section 4.
 EXT_RECORD_SIZE_LIMIT = 28
 _RECORD_SIZE_EXTENSIONS = frozenset({EXT_MAX_FRAGMENT_LENGTH, EXT_RECORD_SIZE_LIMIT})
-_HELLO_NAMES = {CLIENT_HELLO: "ClientHello", SERVER_HELLO: "ServerHello"}
+_HELLO_NAMES: dict[int, str] = {CLIENT_HELLO: "ClientHello", SERVER_HELLO: "ServerHello"}
 
 
 class Hello(NamedTuple):
@@ -643,7 +636,8 @@ def parse_max_fragment_length(data: BytesLike) -> int:
         raise DecodeError(f"max_fragment_length must be 1 byte, got {len(raw)}")
     if not 1 <= raw[0] <= 4:
         raise DecodeError(
-            f"max_fragment_length code {raw[0]} is not 1..4", alert=_ALERT_ILLEGAL_PARAMETER
+            f"max_fragment_length code {raw[0]} is not 1..4",
+            alert=AlertDescription.ILLEGAL_PARAMETER,
         )
     return 1 << (8 + raw[0])
 
@@ -661,7 +655,9 @@ def parse_record_size_limit(data: BytesLike) -> int:
         raise DecodeError(f"record_size_limit must be 2 bytes, got {len(raw)}")
     value = int.from_bytes(raw, "big")
     if value < 64:
-        raise DecodeError(f"record_size_limit {value} is below 64", alert=_ALERT_ILLEGAL_PARAMETER)
+        raise DecodeError(
+            f"record_size_limit {value} is below 64", alert=AlertDescription.ILLEGAL_PARAMETER
+        )
     return value
 
 

@@ -23,6 +23,7 @@ from ._errors import (
     UnexpectedMessage,
     UsageError,
 )
+from ._wire import Direction
 
 
 class KernelRx:
@@ -137,15 +138,15 @@ class KernelRx:
 
     def _peer_key_update(self, requested: bool) -> None:
         e = self._e
-        if e.secrets is None or not e.secrets.has("rx"):
+        if e.secrets is None or not e.secrets.has(Direction.RX):
             raise e.fatal(
                 KeyUpdateUnsupported(
                     "the peer updated its TLS 1.3 key, and this kernel cannot rekey kernel RX "
                     "(Linux 6.14+ can); wrap() without rx_without_rekey keeps RX in user space"
                 )
             )
-        e.secrets.advance("rx")
-        state = e.secrets.state("rx", 0)
+        e.secrets.advance(Direction.RX)
+        state = e.secrets.state(Direction.RX, 0)
         try:
             uapi.install(self._sock, uapi.TLS_RX, state)
         except OSError as exc:

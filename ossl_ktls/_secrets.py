@@ -10,13 +10,10 @@ the old buffer, and :meth:`TrafficSecrets.wipe` zeroes all of them.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from . import _linux_tls as uapi
 from ._keys import tls13_next_traffic_secret, tls13_traffic_key_iv
 from ._suites import Suite
-
-Direction = Literal["tx", "rx"]
+from ._wire import Direction
 
 
 def crypto_state(
@@ -81,4 +78,4 @@ class TrafficSecrets:
         return bool(self._buffers)
 
     def __repr__(self) -> str:
-        return f"<TrafficSecrets {sorted(self._buffers)} hidden>"
+        return f"<TrafficSecrets {[d.name for d in sorted(self._buffers)]} hidden>"

@@ -19,6 +19,7 @@ from . import _engine, _openssl, _records
 from . import _linux_tls as uapi
 from ._engine import CLOSE_NOTIFY, MAX_RECORD, READ_CHUNK, Engine
 from ._errors import Error, KeyUpdateUnsupported, UsageError, from_errno
+from ._wire import Direction
 
 
 def _file_ended(sent: int, count: int) -> Error:
@@ -102,7 +103,7 @@ class KernelTx:
 
     def key_update(self, request_peer: bool) -> None:
         e = self._e
-        if e.secrets is None or not e.secrets.has("tx"):
+        if e.secrets is None or not e.secrets.has(Direction.TX):
             raise KeyUpdateUnsupported(
                 "this kernel cannot change a TLS 1.3 key on a live socket (Linux 6.14+ can); "
                 "the connection cannot update its transmit key"
@@ -110,8 +111,8 @@ class KernelTx:
         self._send_control(
             _records.CONTENT_HANDSHAKE, _records.encode_key_update(request_peer), "send KeyUpdate"
         )
-        e.secrets.advance("tx")
-        state = e.secrets.state("tx", 0)
+        e.secrets.advance(Direction.TX)
+        state = e.secrets.state(Direction.TX, 0)
         try:
             uapi.install(self._sock, uapi.TLS_TX, state)
         except OSError as exc:

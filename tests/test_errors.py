@@ -9,7 +9,8 @@ from collections.abc import Callable
 import pytest
 
 import ossl_ktls
-from ossl_ktls._errors import from_alerts, from_errno
+from ossl_ktls._errors import alert_name, from_alerts, from_errno
+from ossl_ktls._wire import AlertDescription
 
 
 @pytest.mark.parametrize(
@@ -126,3 +127,14 @@ def test_errors_pickle_whole(make: Callable[[], ossl_ktls.Error]) -> None:
 def test_bytes_sent_is_declared() -> None:
     """``bytes_sent`` is part of every Error (None unless a sendfile error set it)."""
     assert ossl_ktls.Error("x").bytes_sent is None
+
+
+def test_alert_codes_print_as_numbers_and_name_themselves() -> None:
+    """The alert IntEnum is the one alert table: every member's RFC name is what error
+    messages say (``alert_name``), unknown codes get ``alert_<n>``, and members format as
+    their wire numbers (messages and JSON keep showing 20, not the member name)."""
+    for member in AlertDescription:
+        assert alert_name(member) == alert_name(int(member)) == member.name.lower()
+    assert alert_name(201) == "alert_201"
+    assert f"{AlertDescription.BAD_RECORD_MAC}" == str(int(AlertDescription.BAD_RECORD_MAC))
+    assert ossl_ktls.BadRecordMAC("x").alert == AlertDescription.BAD_RECORD_MAC

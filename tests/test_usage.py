@@ -221,7 +221,8 @@ def test_secrets_not_kept_or_shown(
         assert secret.hex().upper() not in text
         assert repr(secret) not in text
     kept_secrets = k._engine.secrets
-    kept = kept_secrets.buffers() if kept_secrets is not None else []  # the buffers close() must wipe
+    # the very buffers close() must wipe
+    kept = kept_secrets.buffers() if kept_secrets is not None else []
     in_kernel = expect_kernel("tx", "1.3", "aes-128-gcm") or expect_kernel(
         "rx", "1.3", "aes-128-gcm"
     )
