@@ -20,6 +20,10 @@ transmit path and one receive path (``_tx.KernelTx`` or ``_tx.UserTx``,
 Façades (``KTLSConnection``, the asyncio transport, the pyOpenSSL-compatible Connection)
 use only the public methods and attributes below.
 
+The engine drives OpenSSL through pyOpenSSL's own methods, called on the base class
+(``SSL.Connection.recv(conn, n)``): a façade may be a subclass of ``SSL.Connection``
+whose overrides route to the engine.
+
 Locks: ``tx_lock`` orders everything that goes out (held across a socket write);
 ``ssl_lock`` guards the OpenSSL object, which is not thread-safe, and is never held
 across a socket call. Lock order: ``tx_lock``, then ``ssl_lock``.
@@ -311,11 +315,16 @@ class Engine:
     def shutdown(self) -> None:
         """Send close_notify, then half-close TCP (when nothing is queued before it)."""
         with self.tx_lock:
+            self.send_close_notify()
+            self.tx.half_close()
+
+    def send_close_notify(self) -> None:
+        """Send close_notify once (after any MSG_MORE record still open); TCP stays open."""
+        with self.tx_lock:
             self.check_usable()
             if not self.close_notify_sent:
                 self.tx.send_alert(ALERT_WARNING, CLOSE_NOTIFY)
                 self.close_notify_sent = True
-            self.tx.half_close()
 
     # ------------------------------------------------------------------ receiving
 

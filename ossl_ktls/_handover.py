@@ -84,7 +84,7 @@ def finish_handshake(conn: SSL.Connection, sock: socket.socket) -> None:
     deadline = _engine.deadline_of(sock)
     while True:
         try:
-            conn.do_handshake()
+            SSL.Connection.do_handshake(conn)
             return
         except SSL.WantReadError:
             if sock.gettimeout() == 0.0:
@@ -134,8 +134,8 @@ def hand_over(conn: SSL.Connection, options: Options) -> Engine:
         raise KTLSUnavailable("kernel TLS cannot take over: " + "; ".join(chosen.reasons))
 
     # Plaintext OpenSSL already decrypted is delivered first.
-    while conn.pending() > 0:
-        engine.rx_plain += conn.recv(conn.pending())
+    while SSL.Connection.pending(conn) > 0:
+        engine.rx_plain += SSL.Connection.recv(conn, SSL.Connection.pending(conn))
     _openssl.detach_from_socket(conn)
 
     reasons = list(chosen.reasons)

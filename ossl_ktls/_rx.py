@@ -190,9 +190,9 @@ class UserRx:
                 raise e.os_error(exc, "receive") from exc
             with e.ssl_lock:
                 if not chunk:
-                    e.conn.bio_shutdown()
+                    SSL.Connection.bio_shutdown(e.conn)
                 else:
-                    e.conn.bio_write(chunk)
+                    SSL.Connection.bio_write(e.conn, chunk)
 
     def has_buffered_end(self) -> bool:
         return self._end is not None
@@ -210,7 +210,7 @@ class UserRx:
             marks = e.alert_marks()
             try:
                 with e.ssl_lock:
-                    data = e.conn.recv(READ_CHUNK)
+                    data = SSL.Connection.recv(e.conn, READ_CHUNK)
             except SSL.WantReadError:
                 self._after_read()
                 return

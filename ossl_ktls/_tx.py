@@ -256,7 +256,7 @@ class UserTx:
         marks = e.alert_marks()
         try:
             with e.ssl_lock:
-                e.conn.shutdown()
+                SSL.Connection.shutdown(e.conn)
                 self._collect()
         except SSL.Error as exc:
             raise e.fatal(e.openssl_error(exc, "shutdown", marks)) from exc
@@ -328,7 +328,7 @@ class UserTx:
         try:
             if payload:
                 with e.ssl_lock:
-                    e.conn.sendall(payload)
+                    SSL.Connection.sendall(e.conn, payload)
                     self._collect()
         except SSL.Error as exc:
             raise e.fatal(e.openssl_error(exc, "send", marks)) from exc
