@@ -22,8 +22,6 @@ is fatal (``KeyUpdateUnsupported``).
 from __future__ import annotations
 
 import io
-import os
-import stat
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal
 
@@ -311,35 +309,7 @@ class KTLSConnection:
             UsageError: not a regular file, ``count`` past the end of the file, a
                 non-blocking socket.
         """
-        self._engine.check_usable()
-        try:
-            fd = file.fileno()
-        except (AttributeError, io.UnsupportedOperation) as exc:
-            raise UsageError("sendfile() needs a file with a file descriptor") from exc
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UsageError("sendfile() needs a regular file")
-        if offset < 0 or (count is not None and count < 0):
-            raise UsageError("offset and count must not be negative")
-        available = max(0, st.st_size - offset)
-        if count is None:
-            count = available
-        elif count > available:
-            raise UsageError(
-                f"sendfile(): count={count} goes past the end of the file "
-                f"({available} bytes from offset {offset})"
-            )
-        if self._sock.gettimeout() == 0.0:
-            raise UsageError("sendfile() needs a blocking socket or one with a timeout")
-        if count == 0:
-            return 0
-        sent = 0
-        try:
-            sent = self._engine.sendfile(fd, offset, count)
-        finally:
-            if sent and hasattr(file, "seek"):
-                file.seek(offset + sent)
-        return sent
+        return self._engine.sendfile(file, offset, count)
 
     def send_alert(self, level: int, description: int) -> None:
         """Send a TLS alert record (21) through kernel TX.

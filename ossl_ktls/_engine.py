@@ -34,13 +34,16 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import io
+import os
 import select
 import socket
+import stat
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, BinaryIO, Protocol
 
 from OpenSSL import SSL
 
@@ -152,6 +155,33 @@ def nonblocking(sock: socket.socket) -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError):
             sock.settimeout(timeout)
+
+
+def sendfile_args(file: BinaryIO | IO[bytes], offset: int, count: int | None) -> tuple[int, int]:
+    """Check ``sendfile``'s arguments; returns the descriptor and the byte count.
+
+    Raises:
+        UsageError: no descriptor, not a regular file, negative numbers, or ``count``
+            past the end of the file.
+    """
+    try:
+        fd = file.fileno()
+    except (AttributeError, io.UnsupportedOperation) as exc:
+        raise UsageError("sendfile() needs a file with a file descriptor") from exc
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError("sendfile() needs a regular file")
+    if offset < 0 or (count is not None and count < 0):
+        raise UsageError("offset and count must not be negative")
+    available = max(0, st.st_size - offset)
+    if count is None:
+        return fd, available
+    if count > available:
+        raise UsageError(
+            f"sendfile(): count={count} goes past the end of the file "
+            f"({available} bytes from offset {offset})"
+        )
+    return fd, count
 
 
 class Engine:
@@ -276,10 +306,22 @@ class Engine:
                 raise ConnectionClosed("send() after shutdown()")
             return self.tx.send(view, more)
 
-    def sendfile(self, fd: int, offset: int, count: int) -> int:
-        """Send *count* bytes of *fd* from *offset* (arguments already checked)."""
+    def sendfile(self, file: BinaryIO | IO[bytes], offset: int, count: int | None) -> int:
+        """``socket.sendfile``'s contract: the file position is left after the last byte
+        sent; an error carries ``bytes_sent``, what the peer was really sent before it."""
         self.check_usable()
-        return self.tx.sendfile(fd, offset, count)
+        fd, count = sendfile_args(file, offset, count)
+        if self.sock.gettimeout() == 0.0:
+            raise UsageError("sendfile() needs a blocking socket or one with a timeout")
+        if count == 0:
+            return 0
+        sent = 0
+        try:
+            sent = self.tx.sendfile(fd, offset, count)
+        finally:
+            if sent and hasattr(file, "seek"):
+                file.seek(offset + sent)
+        return sent
 
     def send_alert(self, level: int, description: int) -> None:
         """Send an alert record; a fatal one ends the connection."""

@@ -101,7 +101,27 @@ def hand_over(conn: SSL.Connection, options: Options) -> Engine:
     sock = socket_of(conn)
     finish_handshake(conn, sock)
     conn._ossl_ktls_wrapped = True  # type: ignore[attr-defined]
+    engine, chosen, caps = _decide(conn, sock, options)
+    if options.require and ((options.tx and not chosen.tx) or (options.rx and not chosen.rx)):
+        raise KTLSUnavailable("kernel TLS cannot take over: " + "; ".join(chosen.reasons))
+    return _complete(engine, chosen, caps, options)
 
+
+def hand_over_if_kernel(conn: SSL.Connection, options: Options) -> Engine | str:
+    """For a Connection whose handshake is complete: hand it over when the kernel takes
+    at least one direction; else leave it untouched (all OpenSSL's) and return why."""
+    sock = socket_of(conn)
+    engine, chosen, caps = _decide(conn, sock, options)
+    if not (chosen.tx or chosen.rx):
+        return "; ".join(chosen.reasons) or "not requested"
+    conn._ossl_ktls_wrapped = True  # type: ignore[attr-defined]
+    return _complete(engine, chosen, caps, options)
+
+
+def _decide(
+    conn: SSL.Connection, sock: socket.socket, options: Options
+) -> tuple[Engine, Plan, uapi.Capabilities]:
+    """The engine (no paths yet) and where each direction goes, from the handshake."""
     state = _openssl.state_of(conn)
     obs = state.observer
     version_name = conn.get_protocol_version_name() or ""
@@ -130,9 +150,13 @@ def hand_over(conn: SSL.Connection, options: Options) -> Engine:
         observer=obs,
     )
     chosen = plan(handshake, caps, Request(options.tx, options.rx, options.rx_without_rekey))
-    if options.require and ((options.tx and not chosen.tx) or (options.rx and not chosen.rx)):
-        raise KTLSUnavailable("kernel TLS cannot take over: " + "; ".join(chosen.reasons))
+    return engine, chosen, caps
 
+
+def _complete(engine: Engine, chosen: Plan, caps: uapi.Capabilities, options: Options) -> Engine:
+    """Move the record layer: buffered plaintext, memory BIOs, kernel keys, paths."""
+    conn, sock, version, suite = engine.conn, engine.sock, engine.version, engine.suite
+    state = _openssl.state_of(conn)
     # Plaintext OpenSSL already decrypted is delivered first.
     while SSL.Connection.pending(conn) > 0:
         engine.rx_plain += SSL.Connection.recv(conn, SSL.Connection.pending(conn))
