@@ -202,6 +202,89 @@ async def _handshake(
     return wrap(conn, **(wrap_options or {}))
 
 
+class _FdWatch:
+    """The socket's descriptor in the event loop: which callbacks the loop runs for it.
+
+    At most one reader (the transport's read path, or its linger after close) and the
+    writer (*on_writable*) are armed; arming what is armed, or disarming what is not, does
+    nothing. On selector loops the descriptor is registered under *owner* like asyncio's
+    own socket transports (the loop then refuses ``sock_recv()`` & co. on it, and its
+    native sendfile works) and armed through the loop's internal ``_add_reader`` family.
+    :meth:`release` takes it out of the loop for good, before the socket is closed; after
+    that nothing is armed again.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        owner: asyncio.BaseTransport,
+        on_writable: Callable[[], None],
+    ) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._owner = owner
+        self._on_writable = on_writable
+        selector = isinstance(loop, selector_events.BaseSelectorEventLoop)
+        self._sel: Any = cast(Any, loop) if selector else None
+        if self._sel is not None:
+            self._sel._transports[fd] = owner
+        self._reader: Callable[[], None] | None = None
+        self.writing = False
+        self.released = False
+
+    @property
+    def selector_loop(self) -> bool:
+        """Whether the loop is a selector loop (its native sendfile can use the socket)."""
+        return self._sel is not None
+
+    def arm_reader(self, callback: Callable[[], None]) -> None:
+        if self.released or self._reader == callback:
+            return
+        self._reader = callback
+        if self._sel is not None:
+            self._sel._add_reader(self._fd, callback)
+        else:
+            self._loop.add_reader(self._fd, callback)
+
+    def disarm_reader(self) -> None:
+        if self._reader is None:
+            return
+        self._reader = None
+        if self._sel is not None:
+            self._sel._remove_reader(self._fd)
+        else:
+            self._loop.remove_reader(self._fd)
+
+    def arm_writer(self) -> None:
+        if self.released or self.writing:
+            return
+        self.writing = True
+        if self._sel is not None:
+            self._sel._add_writer(self._fd, self._on_writable)
+        else:
+            self._loop.add_writer(self._fd, self._on_writable)
+
+    def disarm_writer(self) -> None:
+        if not self.writing:
+            return
+        self.writing = False
+        if self._sel is not None:
+            self._sel._remove_writer(self._fd)
+        else:
+            self._loop.remove_writer(self._fd)
+
+    def release(self) -> None:
+        """Take the descriptor out of the loop (before the socket is closed)."""
+        if self.released:
+            return
+        self.disarm_reader()
+        self.disarm_writer()
+        self.released = True
+        if self._sel is not None and self._sel._transports.get(self._fd) is self._owner:
+            del self._sel._transports[self._fd]
+
+
 class KTLSTransport(transports._FlowControlMixin):
     """An asyncio transport over a non-blocking :class:`~ossl_ktls.KTLSConnection`.
 
@@ -268,22 +351,14 @@ class KTLSTransport(transports._FlowControlMixin):
         self._lingering = False
         self._conn_lost = 0
         self._dropped_writes = 0
-        self._reader: Callable[[], None] | None = None
-        self._writer_on = False
-        self._fd_released = False
         self._read_scheduled = False
         self._linger_timer: asyncio.TimerHandle | None = None
         self._empty_waiter: asyncio.Future[None] | None = None
         self._seq_mark: int | None = None
         self._scratch = bytearray(_READ_SIZE)
-        # On selector loops, register like asyncio's socket transports: the loop then
-        # refuses sock_recv() & co. on this socket, and its native sendfile works.
-        selector = isinstance(loop, selector_events.BaseSelectorEventLoop)
-        self._sel: Any = cast(Any, loop) if selector else None
-        if self._sel is not None:
-            self._sel._transports[self._sock_fd] = self
+        self._fds = _FdWatch(loop, self._sock_fd, self, self._pump)
         self.set_write_buffer_limits()
-        sock.on_close = self._release_fd
+        sock.on_close = self._fds.release
         loop.call_soon(self._connection_made, waiter)
 
     def __repr__(self) -> str:
@@ -300,53 +375,7 @@ class KTLSTransport(transports._FlowControlMixin):
             sock.on_close = None
             sock.close()
 
-    # ------------------------------------------------------------------ event loop
-
-    def _arm_reader(self, callback: Callable[[], None]) -> None:
-        if self._fd_released or self._reader == callback:
-            return
-        self._reader = callback
-        if self._sel is not None:
-            self._sel._add_reader(self._sock_fd, callback)
-        else:
-            self._loop.add_reader(self._sock_fd, callback)
-
-    def _disarm_reader(self) -> None:
-        if self._reader is None:
-            return
-        self._reader = None
-        if self._sel is not None:
-            self._sel._remove_reader(self._sock_fd)
-        else:
-            self._loop.remove_reader(self._sock_fd)
-
-    def _arm_writer(self) -> None:
-        if self._fd_released or self._writer_on:
-            return
-        self._writer_on = True
-        if self._sel is not None:
-            self._sel._add_writer(self._sock_fd, self._pump)
-        else:
-            self._loop.add_writer(self._sock_fd, self._pump)
-
-    def _disarm_writer(self) -> None:
-        if not self._writer_on:
-            return
-        self._writer_on = False
-        if self._sel is not None:
-            self._sel._remove_writer(self._sock_fd)
-        else:
-            self._loop.remove_writer(self._sock_fd)
-
-    def _release_fd(self) -> None:
-        """Take the descriptor out of the loop (before the socket is closed)."""
-        if self._fd_released:
-            return
-        self._disarm_reader()
-        self._disarm_writer()
-        self._fd_released = True
-        if self._sel is not None and self._sel._transports.get(self._sock_fd) is self:
-            del self._sel._transports[self._sock_fd]
+    # ------------------------------------------------------------------ protocol
 
     def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
         if self._conn_lost:
@@ -361,14 +390,12 @@ class KTLSTransport(transports._FlowControlMixin):
                 waiter.set_exception(exc)
             return
         if self.is_reading():
-            self._arm_reader(self._read_ready)
+            self._fds.arm_reader(self._read_ready)
             self._schedule_read()  # wrap() may have kept plaintext OpenSSL decrypted
         if self._k.tx_backlog:
-            self._arm_writer()
+            self._fds.arm_writer()
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    # ------------------------------------------------------------------ protocol
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
@@ -391,14 +418,14 @@ class KTLSTransport(transports._FlowControlMixin):
         if not self.is_reading():
             return
         self._paused = True
-        self._disarm_reader()
+        self._fds.disarm_reader()
 
     def resume_reading(self) -> None:
         if self._closing or not self._paused:
             return
         self._paused = False
         if not self._eof_received:
-            self._arm_reader(self._read_ready)
+            self._fds.arm_reader(self._read_ready)
             self._schedule_read()  # OpenSSL may hold data or the end already
 
     def _schedule_read(self) -> None:
@@ -411,7 +438,7 @@ class KTLSTransport(transports._FlowControlMixin):
         # Reading in user space can queue answers (close_notify, KeyUpdate, alerts) that
         # the socket could not take at once: have the writer push them.
         if self._k.tx_backlog and not self._conn_lost:
-            self._arm_writer()
+            self._fds.arm_writer()
 
     def _read_turn(self) -> None:
         """Read until the socket would block (bounded: then again on the next loop turn).
@@ -461,7 +488,7 @@ class KTLSTransport(transports._FlowControlMixin):
     def _read_eof(self) -> None:
         """close_notify arrived (or a TCP EOF with ``ragged_eof``)."""
         self._eof_received = True
-        self._disarm_reader()
+        self._fds.disarm_reader()
         try:
             keep_open = self._protocol.eof_received()
         except (SystemExit, KeyboardInterrupt):
@@ -494,7 +521,7 @@ class KTLSTransport(transports._FlowControlMixin):
         chunk = memoryview(bytes(data))
         self._buffer.append(chunk)
         self._buffer_size += len(chunk)
-        if not self._writer_on:
+        if not self._fds.writing:
             self._pump()
         self._maybe_pause_protocol()
 
@@ -507,7 +534,7 @@ class KTLSTransport(transports._FlowControlMixin):
         if self._write_eof or self._closing:
             return
         self._write_eof = True
-        if not self._writer_on:
+        if not self._fds.writing:
             self._pump()
 
     def can_write_eof(self) -> bool:
@@ -617,10 +644,10 @@ class KTLSTransport(transports._FlowControlMixin):
         if self._empty_waiter is not None and not self.get_write_buffer_size():
             self._buffer_empty()
         if not done:
-            self._arm_writer()
+            self._fds.arm_writer()
             self._maybe_resume_protocol()
             return
-        self._disarm_writer()
+        self._fds.disarm_writer()
         if self._closing:
             if not self._lingering:
                 self._linger()
@@ -632,7 +659,7 @@ class KTLSTransport(transports._FlowControlMixin):
     @property
     def _sendfile_compatible(self) -> constants._SendfileMode:
         """What ``loop.sendfile`` may do: zero-copy with kernel TX on a selector loop."""
-        if self._k.ktls_tx and self._sel is not None:
+        if self._k.ktls_tx and self._fds.selector_loop:
             return constants._SendfileMode.TRY_NATIVE
         return constants._SendfileMode.FALLBACK
 
@@ -673,8 +700,8 @@ class KTLSTransport(transports._FlowControlMixin):
         if self._closing:
             return
         self._closing = True
-        self._disarm_reader()
-        if not self._writer_on:
+        self._fds.disarm_reader()
+        if not self._fds.writing:
             self._pump()
 
     def abort(self) -> None:
@@ -689,7 +716,7 @@ class KTLSTransport(transports._FlowControlMixin):
             return
         if self._shutdown_timeout is not None:
             self._linger_timer = self._loop.call_later(self._shutdown_timeout, self._finish)
-        self._arm_reader(self._linger_ready)
+        self._fds.arm_reader(self._linger_ready)
         self._linger_ready()
 
     def _linger_ready(self) -> None:
@@ -717,7 +744,7 @@ class KTLSTransport(transports._FlowControlMixin):
             return
         self._conn_lost += 1
         self._stop_timer()
-        self._release_fd()
+        self._fds.release()
         self._close_k()
         self._loop.call_soon(self._call_connection_lost, None)
 
@@ -727,7 +754,7 @@ class KTLSTransport(transports._FlowControlMixin):
         self._conn_lost += 1
         self._closing = True
         self._stop_timer()
-        self._release_fd()
+        self._fds.release()
         self._buffer.clear()
         self._buffer_size = 0
         if self._sock is not None:
