@@ -56,7 +56,6 @@ stream reader, ``TimeoutError`` for a handshake that takes too long.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -69,6 +68,7 @@ from typing import Any, cast
 from OpenSSL import SSL
 
 from . import _openssl
+from ._aio_write import Sender, WriteBuffer
 from ._connection import KTLSConnection, wrap
 
 __all__ = [
@@ -87,8 +87,6 @@ SHUTDOWN_TIMEOUT = 30.0
 _logger = logging.getLogger(__name__)
 _STREAM_LIMIT = 2**16  # asyncio.streams' default
 _READ_SIZE = 256 * 1024
-_SEND_CHUNK = 256 * 1024  # plaintext handed to the kernel/OpenSSL per send
-_COALESCE = 64 * 1024  # small queued writes are joined up to this (fewer, fuller records)
 _TURN_BYTES = 1024 * 1024  # bytes read or written per callback, then the loop's other work
 
 
@@ -295,16 +293,14 @@ class KTLSTransport(transports._FlowControlMixin):
     for information and ``key_update()``; do not read or write through it).
 
     It derives from asyncio's ``_FlowControlMixin`` only because ``loop.sendfile``'s
-    fallback requires that type; flow control is implemented here.
+    fallback requires that type (and reads ``_loop`` and ``_protocol_paused``); the
+    mixin's state and methods are not used: flow control is the :class:`WriteBuffer`'s.
     """
 
     _start_tls_compatible = False
 
     _extra: dict[str, Any]
     _loop: asyncio.AbstractEventLoop
-    _protocol_paused: bool
-    _high_water: int
-    _low_water: int
 
     def __init__(
         self,
@@ -330,7 +326,8 @@ class KTLSTransport(transports._FlowControlMixin):
                 extra[key] = getter()
             except OSError:
                 extra[key] = None
-        super().__init__(extra, loop)
+        # Not the mixin's __init__: its marks and pause flag would be unused duplicates.
+        transports.Transport.__init__(self, extra)
         self._loop = loop
         self._k = k
         self._sock: _LoopSocket | None = sock
@@ -340,13 +337,11 @@ class KTLSTransport(transports._FlowControlMixin):
         self._protocol_connected = False
         self._buffered = False
         self.set_protocol(protocol)
-        self._buffer: collections.deque[memoryview] = collections.deque()
-        self._buffer_size = 0
-        self._protocol_paused = False
+        self._wbuf = WriteBuffer(lambda: k.tx_backlog)
+        self._sender = Sender(k, self._wbuf)
         self._paused = False
         self._closing = False
         self._write_eof = False
-        self._shutdown_sent = False
         self._eof_received = False
         self._lingering = False
         self._conn_lost = 0
@@ -518,9 +513,7 @@ class KTLSTransport(transports._FlowControlMixin):
             if self._dropped_writes >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 _logger.warning("write() on a closed kTLS transport: data dropped")
             return
-        chunk = memoryview(bytes(data))
-        self._buffer.append(chunk)
-        self._buffer_size += len(chunk)
+        self._wbuf.append(data)
         if not self._fds.writing:
             self._pump()
         self._maybe_pause_protocol()
@@ -541,25 +534,23 @@ class KTLSTransport(transports._FlowControlMixin):
         return True
 
     def get_write_buffer_size(self) -> int:
-        return self._buffer_size + self._k.tx_backlog
+        return self._wbuf.size
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._low_water, self._high_water)
+        return (self._wbuf.low, self._wbuf.high)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = 64 * 1024 if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water, self._low_water = high, low
+        self._wbuf.set_limits(high, low)
         self._maybe_pause_protocol()
 
+    @property
+    def _protocol_paused(self) -> bool:
+        """asyncio's flow-control flag (``loop.sendfile``'s fallback reads it)."""
+        return self._wbuf.paused
+
     def _maybe_pause_protocol(self) -> None:
-        if self._protocol_paused or self.get_write_buffer_size() <= self._high_water:
+        if not self._wbuf.pause_due():
             return
-        self._protocol_paused = True
         try:
             self._protocol.pause_writing()
         except (SystemExit, KeyboardInterrupt):
@@ -568,9 +559,8 @@ class KTLSTransport(transports._FlowControlMixin):
             self._protocol_error(exc, "protocol.pause_writing() failed")
 
     def _maybe_resume_protocol(self) -> None:
-        if not self._protocol_paused or self.get_write_buffer_size() > self._low_water:
+        if not self._wbuf.resume_due():
             return
-        self._protocol_paused = False
         try:
             self._protocol.resume_writing()
         except (SystemExit, KeyboardInterrupt):
@@ -583,59 +573,14 @@ class KTLSTransport(transports._FlowControlMixin):
             {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
         )
 
-    def _next_chunk(self) -> memoryview:
-        buf = self._buffer
-        if len(buf[0]) < _COALESCE and len(buf) > 1:
-            parts = [buf.popleft()]
-            size = len(parts[0])
-            while buf and size + len(buf[0]) <= _COALESCE:
-                size += len(buf[0])
-                parts.append(buf.popleft())
-            buf.appendleft(memoryview(b"".join(parts)))
-        return buf[0][:_SEND_CHUNK]
-
-    def _consumed(self, n: int) -> None:
-        head = self._buffer[0]
-        if n >= len(head):
-            self._buffer.popleft()
-        else:
-            self._buffer[0] = head[n:]
-        self._buffer_size -= n
-
-    def _flush(self) -> bool:
-        """Push what is queued (then close_notify when due); True when all of it is out."""
-        k = self._k
-        budget = _TURN_BYTES
-        while True:
-            if k.tx_backlog and k.flush():
-                return False  # user-space ciphertext still queued (a due FIN after it)
-            if self._buffer:
-                if budget <= 0:
-                    return False  # the writer stays armed: more on the next turn
-                try:
-                    # Kernel TX: the kernel takes what fits. User space: everything is
-                    # encrypted at once; what the socket cannot take waits in tx_backlog.
-                    n = k.send(self._next_chunk())
-                except (BlockingIOError, InterruptedError):
-                    return False
-                self._consumed(n)
-                budget -= n
-                continue
-            if (self._write_eof or self._closing) and not self._shutdown_sent:
-                try:
-                    k.shutdown()
-                except (BlockingIOError, InterruptedError):
-                    return False
-                self._shutdown_sent = True
-                continue
-            return True
-
     def _pump(self) -> None:
         """Writer callback: push, then arm or disarm the writer and move the close along."""
         if self._conn_lost:
             return
         try:
-            done = self._flush()
+            done = self._sender.push(
+                budget=_TURN_BYTES, close_notify=self._write_eof or self._closing
+            )
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -755,8 +700,7 @@ class KTLSTransport(transports._FlowControlMixin):
         self._closing = True
         self._stop_timer()
         self._fds.release()
-        self._buffer.clear()
-        self._buffer_size = 0
+        self._wbuf.clear()
         if self._sock is not None:
             self._sock.abandon()
         self._close_k()
