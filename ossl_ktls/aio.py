@@ -283,6 +283,68 @@ class _FdWatch:
             del self._sel._transports[self._fd]
 
 
+class _NativeSendfile:
+    """The selector loop's native sendfile, which borrows the transport's socket.
+
+    asyncio's ``_sendfile_native`` awaits :meth:`begin`'s future, done once the write
+    buffer is empty (the transport calls :meth:`buffer_empty` whenever it is), runs
+    ``os.sendfile`` on the socket, then calls :meth:`end`. The kernel made records
+    meanwhile that the connection did not see: with TLS 1.3 kernel TX they are counted
+    from the TX sequence number before and after, so that the automatic KeyUpdate still
+    comes in time. *lost* says whether the connection is gone (then nothing is asked of
+    it).
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, k: KTLSConnection, lost: Callable[[], bool]
+    ) -> None:
+        self._loop = loop
+        self._k = k
+        self._lost = lost
+        self._waiter: asyncio.Future[None] | None = None
+        self._seq_mark: int | None = None
+
+    @property
+    def running(self) -> bool:
+        """Between :meth:`begin` and :meth:`end` (the transport refuses ``write()``)."""
+        return self._waiter is not None
+
+    def begin(self, *, buffer_empty: bool) -> asyncio.Future[None]:
+        if self._waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._waiter = self._loop.create_future()
+        if buffer_empty:
+            self.buffer_empty()
+        return self._waiter
+
+    def buffer_empty(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self._k.version == "1.3" and self._k.ktls_tx and not self._lost():
+            with contextlib.suppress(Exception):
+                self._seq_mark = self._k.tx_sequence()
+        waiter.set_result(None)
+
+    def end(self) -> None:
+        """After the loop's native sendfile: count its records for the automatic KeyUpdate."""
+        self._waiter = None
+        mark, self._seq_mark = self._seq_mark, None
+        if mark is None or self._lost():
+            return
+        try:
+            records = self._k.tx_sequence() - mark
+        except Exception:
+            return
+        self._k.note_records_sent(records)
+
+    def fail(self) -> None:
+        """The connection is lost: a wait for the empty buffer ends in ConnectionError."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionError("Connection is closed by peer"))
+
+
 class KTLSTransport(transports._FlowControlMixin):
     """An asyncio transport over a non-blocking :class:`~ossl_ktls.KTLSConnection`.
 
@@ -348,8 +410,7 @@ class KTLSTransport(transports._FlowControlMixin):
         self._dropped_writes = 0
         self._read_scheduled = False
         self._linger_timer: asyncio.TimerHandle | None = None
-        self._empty_waiter: asyncio.Future[None] | None = None
-        self._seq_mark: int | None = None
+        self._sendfile = _NativeSendfile(loop, k, lambda: bool(self._conn_lost))
         self._scratch = bytearray(_READ_SIZE)
         self._fds = _FdWatch(loop, self._sock_fd, self, self._pump)
         self.set_write_buffer_limits()
@@ -504,7 +565,7 @@ class KTLSTransport(transports._FlowControlMixin):
             )
         if self._write_eof:
             raise RuntimeError("Cannot call write() after write_eof()")
-        if self._empty_waiter is not None:
+        if self._sendfile.running:
             raise RuntimeError("unable to write; sendfile is in progress")
         if not data:
             return
@@ -586,8 +647,8 @@ class KTLSTransport(transports._FlowControlMixin):
         except BaseException as exc:
             self._fatal_error(exc, "Fatal write error on kTLS transport")
             return
-        if self._empty_waiter is not None and not self.get_write_buffer_size():
-            self._buffer_empty()
+        if self._sendfile.running and not self.get_write_buffer_size():
+            self._sendfile.buffer_empty()
         if not done:
             self._fds.arm_writer()
             self._maybe_resume_protocol()
@@ -610,33 +671,11 @@ class KTLSTransport(transports._FlowControlMixin):
 
     def _make_empty_waiter(self) -> asyncio.Future[None]:
         """Called by the selector loop's native sendfile before it uses the socket."""
-        if self._empty_waiter is not None:
-            raise RuntimeError("Empty waiter is already set")
-        self._empty_waiter = self._loop.create_future()
-        if not self.get_write_buffer_size():
-            self._buffer_empty()
-        return self._empty_waiter
-
-    def _buffer_empty(self) -> None:
-        waiter = self._empty_waiter
-        if waiter is None or waiter.done():
-            return
-        if self._k.version == "1.3" and self._k.ktls_tx and not self._conn_lost:
-            with contextlib.suppress(Exception):
-                self._seq_mark = self._k.tx_sequence()
-        waiter.set_result(None)
+        return self._sendfile.begin(buffer_empty=not self.get_write_buffer_size())
 
     def _reset_empty_waiter(self) -> None:
-        """After the loop's native sendfile: count its records for the automatic KeyUpdate."""
-        self._empty_waiter = None
-        mark, self._seq_mark = self._seq_mark, None
-        if mark is None or self._conn_lost:
-            return
-        try:
-            records = self._k.tx_sequence() - mark
-        except Exception:
-            return
-        self._k.note_records_sent(records)
+        """Called by the selector loop's native sendfile when it is done with the socket."""
+        self._sendfile.end()
 
     # ------------------------------------------------------------------ closing
 
@@ -731,9 +770,7 @@ class KTLSTransport(transports._FlowControlMixin):
             if self._protocol_connected:
                 self._protocol.connection_lost(exc)
         finally:
-            waiter = self._empty_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(ConnectionError("Connection is closed by peer"))
+            self._sendfile.fail()
             self._sock = None
 
 
