@@ -345,6 +345,75 @@ class _NativeSendfile:
             waiter.set_exception(ConnectionError("Connection is closed by peer"))
 
 
+class _Linger:
+    """After close_notify: read (and drop) until the peer closes, for at most *timeout* s.
+
+    Closing the socket while the peer still sends would make TCP answer with a reset,
+    which can destroy data the peer has not read yet. So the transport waits for the
+    peer's end (close_notify, a TCP EOF, or a read error) and only then calls *done*, or
+    calls it anyway after *timeout* seconds (None: no limit; 0: no wait). Reading goes
+    through *fds* as the socket's reader, into *scratch*, in bounded turns. :meth:`stop`
+    (the transport's end, whichever way it came) cancels the timer and further reads.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        k: KTLSConnection,
+        fds: _FdWatch,
+        scratch: bytearray,
+        timeout: float | None,
+        done: Callable[[], None],
+        owner: object,  # named in the debug log
+    ) -> None:
+        self._loop = loop
+        self._k = k
+        self._fds = fds
+        self._scratch = scratch
+        self._timeout = timeout
+        self._done = done
+        self._owner = owner
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopped = False
+        self.started = False
+
+    def start(self, *, eof_received: bool) -> None:
+        """close_notify is out; *eof_received*: the peer's end came already."""
+        self.started = True
+        if eof_received or self._timeout == 0:
+            self._done()
+            return
+        if self._timeout is not None:
+            self._timer = self._loop.call_later(self._timeout, self._done)
+        self._fds.arm_reader(self._ready)
+        self._ready()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _ready(self) -> None:
+        if self._stopped:
+            return
+        budget = _TURN_BYTES
+        while budget > 0:
+            try:
+                n = self._k.recv_into(self._scratch)
+            except (BlockingIOError, InterruptedError):
+                return
+            except Exception as exc:
+                _logger.debug("%r: error while waiting for the peer to close: %r", self._owner, exc)
+                self._done()
+                return
+            if not n:
+                self._done()
+                return
+            budget -= n
+        self._loop.call_soon(self._ready)
+
+
 class KTLSTransport(transports._FlowControlMixin):
     """An asyncio transport over a non-blocking :class:`~ossl_ktls.KTLSConnection`.
 
@@ -394,7 +463,6 @@ class KTLSTransport(transports._FlowControlMixin):
         self._k = k
         self._sock: _LoopSocket | None = sock
         self._sock_fd = sock.fileno()
-        self._shutdown_timeout = shutdown_timeout
         self._protocol: Any = None
         self._protocol_connected = False
         self._buffered = False
@@ -405,14 +473,15 @@ class KTLSTransport(transports._FlowControlMixin):
         self._closing = False
         self._write_eof = False
         self._eof_received = False
-        self._lingering = False
         self._conn_lost = 0
         self._dropped_writes = 0
         self._read_scheduled = False
-        self._linger_timer: asyncio.TimerHandle | None = None
         self._sendfile = _NativeSendfile(loop, k, lambda: bool(self._conn_lost))
         self._scratch = bytearray(_READ_SIZE)
         self._fds = _FdWatch(loop, self._sock_fd, self, self._pump)
+        self._linger = _Linger(
+            loop, k, self._fds, self._scratch, shutdown_timeout, self._finish, self
+        )
         self.set_write_buffer_limits()
         sock.on_close = self._fds.release
         loop.call_soon(self._connection_made, waiter)
@@ -655,8 +724,8 @@ class KTLSTransport(transports._FlowControlMixin):
             return
         self._fds.disarm_writer()
         if self._closing:
-            if not self._lingering:
-                self._linger()
+            if not self._linger.started:
+                self._linger.start(eof_received=self._eof_received)
         else:
             self._maybe_resume_protocol()
 
@@ -692,42 +761,12 @@ class KTLSTransport(transports._FlowControlMixin):
         """Close now: queued data is dropped and no close_notify is sent."""
         self._force_close(None)
 
-    def _linger(self) -> None:
-        """close_notify is out: read (and drop) until the peer closes, bounded in time."""
-        self._lingering = True
-        if self._eof_received or self._shutdown_timeout == 0:
-            self._finish()
-            return
-        if self._shutdown_timeout is not None:
-            self._linger_timer = self._loop.call_later(self._shutdown_timeout, self._finish)
-        self._fds.arm_reader(self._linger_ready)
-        self._linger_ready()
-
-    def _linger_ready(self) -> None:
-        if self._conn_lost:
-            return
-        budget = _TURN_BYTES
-        while budget > 0:
-            try:
-                n = self._k.recv_into(self._scratch)
-            except (BlockingIOError, InterruptedError):
-                return
-            except Exception as exc:
-                _logger.debug("%r: error while waiting for the peer to close: %r", self, exc)
-                self._finish()
-                return
-            if not n:
-                self._finish()
-                return
-            budget -= n
-        self._loop.call_soon(self._linger_ready)
-
     def _finish(self) -> None:
         """The orderly end: everything was sent, close_notify included."""
         if self._conn_lost:
             return
         self._conn_lost += 1
-        self._stop_timer()
+        self._linger.stop()
         self._fds.release()
         self._close_k()
         self._loop.call_soon(self._call_connection_lost, None)
@@ -737,7 +776,7 @@ class KTLSTransport(transports._FlowControlMixin):
             return
         self._conn_lost += 1
         self._closing = True
-        self._stop_timer()
+        self._linger.stop()
         self._fds.release()
         self._wbuf.clear()
         if self._sock is not None:
@@ -751,11 +790,6 @@ class KTLSTransport(transports._FlowControlMixin):
         else:
             self._protocol_error(exc, message)
         self._force_close(exc)
-
-    def _stop_timer(self) -> None:
-        if self._linger_timer is not None:
-            self._linger_timer.cancel()
-            self._linger_timer = None
 
     def _close_k(self) -> None:
         try:
