@@ -200,6 +200,25 @@ async def _handshake(
     return wrap(conn, **(wrap_options or {}))
 
 
+def _extra_info(k: KTLSConnection, sock: socket.socket) -> dict[str, Any]:
+    """What the transport's ``get_extra_info`` knows (read once, at the hand-over)."""
+    extra: dict[str, Any] = {
+        "socket": trsock.TransportSocket(sock),
+        "ssl_object": k.connection,
+        "ktls": k,
+        "ktls_tx": k.ktls_tx,
+        "ktls_rx": k.ktls_rx,
+        "ktls_fallback_reason": k.fallback_reason,
+        "cipher": (k.get_cipher_name(), k.get_cipher_version(), k.get_cipher_bits()),
+    }
+    for key, getter in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
+        try:
+            extra[key] = getter()
+        except OSError:
+            extra[key] = None
+    return extra
+
+
 class _FdWatch:
     """The socket's descriptor in the event loop: which callbacks the loop runs for it.
 
@@ -443,22 +462,8 @@ class KTLSTransport(transports._FlowControlMixin):
         shutdown_timeout: float | None = SHUTDOWN_TIMEOUT,
         waiter: asyncio.Future[None] | None = None,
     ) -> None:
-        extra: dict[str, Any] = {
-            "socket": trsock.TransportSocket(sock),
-            "ssl_object": k.connection,
-            "ktls": k,
-            "ktls_tx": k.ktls_tx,
-            "ktls_rx": k.ktls_rx,
-            "ktls_fallback_reason": k.fallback_reason,
-            "cipher": (k.get_cipher_name(), k.get_cipher_version(), k.get_cipher_bits()),
-        }
-        for key, getter in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
-            try:
-                extra[key] = getter()
-            except OSError:
-                extra[key] = None
         # Not the mixin's __init__: its marks and pause flag would be unused duplicates.
-        transports.Transport.__init__(self, extra)
+        transports.Transport.__init__(self, _extra_info(k, sock))
         self._loop = loop
         self._k = k
         self._sock: _LoopSocket | None = sock
