@@ -30,6 +30,20 @@ Design
   pushed with ``KTLSConnection.send`` when the socket is writable; write-buffer high/low
   water marks pause/resume the protocol (``drain``); ``pause_reading``/``resume_reading``
   stop/start reading.
+* **Pieces of the transport**: :class:`KTLSTransport` itself is what the protocol and
+  asyncio see: the read path, the calls into the protocol and the lifecycle (open,
+  closing, lost). It delegates to small parts with one job each:
+  :class:`~ossl_ktls._aio_write.WriteBuffer` (queued plaintext and the flow control on
+  it) and :class:`~ossl_ktls._aio_write.Sender` (the push into the connection, then
+  close_notify), both without the loop or the protocol; :class:`_FdWatch` (the
+  descriptor's reader and writer in the loop, and its release before the socket
+  closes); :class:`_Linger` (the bounded wait for the peer after close_notify); and
+  :class:`_NativeSendfile` (the state of the loop's native sendfile). The asyncio
+  internals relied on: ``transports._FlowControlMixin`` (the type ``loop.sendfile``'s
+  fallback insists on; it reads ``_loop`` and ``_protocol_paused``), what the selector
+  loop's native sendfile calls (``_sendfile_compatible``, ``_make_empty_waiter``,
+  ``_reset_empty_waiter``, ``_sock``, ``_sock_fd``), and in :class:`_FdWatch` that loop's
+  ``_transports`` registry and ``_add_reader`` family.
 * **Non-blocking user-space TX**: ``KTLSConnection`` queues the ciphertext the socket
   cannot take yet, in order (also the alerts and KeyUpdate replies OpenSSL produces while
   reading), and its ``shutdown()`` half-closes TCP only once that queue is out; the
