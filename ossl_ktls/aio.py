@@ -30,6 +30,20 @@ Design
   pushed with ``KTLSConnection.send`` when the socket is writable; write-buffer high/low
   water marks pause/resume the protocol (``drain``); ``pause_reading``/``resume_reading``
   stop/start reading.
+* **Pieces of the transport**: :class:`KTLSTransport` itself is what the protocol and
+  asyncio see: the read path, the calls into the protocol and the lifecycle (open,
+  closing, lost). It delegates to small parts with one job each:
+  :class:`~ossl_ktls._aio_write.WriteBuffer` (queued plaintext and the flow control on
+  it) and :class:`~ossl_ktls._aio_write.Sender` (the push into the connection, then
+  close_notify), both without the loop or the protocol; :class:`_FdWatch` (the
+  descriptor's reader and writer in the loop, and its release before the socket
+  closes); :class:`_Linger` (the bounded wait for the peer after close_notify); and
+  :class:`_NativeSendfile` (the state of the loop's native sendfile). The asyncio
+  internals relied on: ``transports._FlowControlMixin`` (the type ``loop.sendfile``'s
+  fallback insists on; it reads ``_loop`` and ``_protocol_paused``), what the selector
+  loop's native sendfile calls (``_sendfile_compatible``, ``_make_empty_waiter``,
+  ``_reset_empty_waiter``, ``_sock``, ``_sock_fd``), and in :class:`_FdWatch` that loop's
+  ``_transports`` registry and ``_add_reader`` family.
 * **Non-blocking user-space TX**: ``KTLSConnection`` queues the ciphertext the socket
   cannot take yet, in order (also the alerts and KeyUpdate replies OpenSSL produces while
   reading), and its ``shutdown()`` half-closes TCP only once that queue is out; the
@@ -56,7 +70,6 @@ stream reader, ``TimeoutError`` for a handshake that takes too long.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -69,6 +82,7 @@ from typing import Any, cast
 from OpenSSL import SSL
 
 from . import _openssl
+from ._aio_write import Sender, WriteBuffer
 from ._connection import KTLSConnection, wrap
 
 __all__ = [
@@ -87,8 +101,6 @@ SHUTDOWN_TIMEOUT = 30.0
 _logger = logging.getLogger(__name__)
 _STREAM_LIMIT = 2**16  # asyncio.streams' default
 _READ_SIZE = 256 * 1024
-_SEND_CHUNK = 256 * 1024  # plaintext handed to the kernel/OpenSSL per send
-_COALESCE = 64 * 1024  # small queued writes are joined up to this (fewer, fuller records)
 _TURN_BYTES = 1024 * 1024  # bytes read or written per callback, then the loop's other work
 
 
@@ -202,6 +214,239 @@ async def _handshake(
     return wrap(conn, **(wrap_options or {}))
 
 
+def _extra_info(k: KTLSConnection, sock: socket.socket) -> dict[str, Any]:
+    """What the transport's ``get_extra_info`` knows (read once, at the hand-over)."""
+    extra: dict[str, Any] = {
+        "socket": trsock.TransportSocket(sock),
+        "ssl_object": k.connection,
+        "ktls": k,
+        "ktls_tx": k.ktls_tx,
+        "ktls_rx": k.ktls_rx,
+        "ktls_fallback_reason": k.fallback_reason,
+        "cipher": (k.get_cipher_name(), k.get_cipher_version(), k.get_cipher_bits()),
+    }
+    for key, getter in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
+        try:
+            extra[key] = getter()
+        except OSError:
+            extra[key] = None
+    return extra
+
+
+class _FdWatch:
+    """The socket's descriptor in the event loop: which callbacks the loop runs for it.
+
+    At most one reader (the transport's read path, or its linger after close) and the
+    writer (*on_writable*) are armed; arming what is armed, or disarming what is not, does
+    nothing. On selector loops the descriptor is registered under *owner* like asyncio's
+    own socket transports (the loop then refuses ``sock_recv()`` & co. on it, and its
+    native sendfile works) and armed through the loop's internal ``_add_reader`` family.
+    :meth:`release` takes it out of the loop for good, before the socket is closed; after
+    that nothing is armed again.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        owner: asyncio.BaseTransport,
+        on_writable: Callable[[], None],
+    ) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._owner = owner
+        self._on_writable = on_writable
+        selector = isinstance(loop, selector_events.BaseSelectorEventLoop)
+        self._sel: Any = cast(Any, loop) if selector else None
+        if self._sel is not None:
+            self._sel._transports[fd] = owner
+        self._reader: Callable[[], None] | None = None
+        self.writing = False
+        self.released = False
+
+    @property
+    def selector_loop(self) -> bool:
+        """Whether the loop is a selector loop (its native sendfile can use the socket)."""
+        return self._sel is not None
+
+    def arm_reader(self, callback: Callable[[], None]) -> None:
+        if self.released or self._reader == callback:
+            return
+        self._reader = callback
+        if self._sel is not None:
+            self._sel._add_reader(self._fd, callback)
+        else:
+            self._loop.add_reader(self._fd, callback)
+
+    def disarm_reader(self) -> None:
+        if self._reader is None:
+            return
+        self._reader = None
+        if self._sel is not None:
+            self._sel._remove_reader(self._fd)
+        else:
+            self._loop.remove_reader(self._fd)
+
+    def arm_writer(self) -> None:
+        if self.released or self.writing:
+            return
+        self.writing = True
+        if self._sel is not None:
+            self._sel._add_writer(self._fd, self._on_writable)
+        else:
+            self._loop.add_writer(self._fd, self._on_writable)
+
+    def disarm_writer(self) -> None:
+        if not self.writing:
+            return
+        self.writing = False
+        if self._sel is not None:
+            self._sel._remove_writer(self._fd)
+        else:
+            self._loop.remove_writer(self._fd)
+
+    def release(self) -> None:
+        """Take the descriptor out of the loop (before the socket is closed)."""
+        if self.released:
+            return
+        self.disarm_reader()
+        self.disarm_writer()
+        self.released = True
+        if self._sel is not None and self._sel._transports.get(self._fd) is self._owner:
+            del self._sel._transports[self._fd]
+
+
+class _NativeSendfile:
+    """The selector loop's native sendfile, which borrows the transport's socket.
+
+    asyncio's ``_sendfile_native`` awaits :meth:`begin`'s future, done once the write
+    buffer is empty (the transport calls :meth:`buffer_empty` whenever it is), runs
+    ``os.sendfile`` on the socket, then calls :meth:`end`. The kernel made records
+    meanwhile that the connection did not see: with TLS 1.3 kernel TX they are counted
+    from the TX sequence number before and after, so that the automatic KeyUpdate still
+    comes in time. *lost* says whether the connection is gone (then nothing is asked of
+    it).
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, k: KTLSConnection, lost: Callable[[], bool]
+    ) -> None:
+        self._loop = loop
+        self._k = k
+        self._lost = lost
+        self._waiter: asyncio.Future[None] | None = None
+        self._seq_mark: int | None = None
+
+    @property
+    def running(self) -> bool:
+        """Between :meth:`begin` and :meth:`end` (the transport refuses ``write()``)."""
+        return self._waiter is not None
+
+    def begin(self, *, buffer_empty: bool) -> asyncio.Future[None]:
+        if self._waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._waiter = self._loop.create_future()
+        if buffer_empty:
+            self.buffer_empty()
+        return self._waiter
+
+    def buffer_empty(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self._k.version == "1.3" and self._k.ktls_tx and not self._lost():
+            with contextlib.suppress(Exception):
+                self._seq_mark = self._k.tx_sequence()
+        waiter.set_result(None)
+
+    def end(self) -> None:
+        """After the loop's native sendfile: count its records for the automatic KeyUpdate."""
+        self._waiter = None
+        mark, self._seq_mark = self._seq_mark, None
+        if mark is None or self._lost():
+            return
+        try:
+            records = self._k.tx_sequence() - mark
+        except Exception:
+            return
+        self._k.note_records_sent(records)
+
+    def fail(self) -> None:
+        """The connection is lost: a wait for the empty buffer ends in ConnectionError."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionError("Connection is closed by peer"))
+
+
+class _Linger:
+    """After close_notify: read (and drop) until the peer closes, for at most *timeout* s.
+
+    Closing the socket while the peer still sends would make TCP answer with a reset,
+    which can destroy data the peer has not read yet. So the transport waits for the
+    peer's end (close_notify, a TCP EOF, or a read error) and only then calls *done*, or
+    calls it anyway after *timeout* seconds (None: no limit; 0: no wait). Reading goes
+    through *fds* as the socket's reader, into *scratch*, in bounded turns. :meth:`stop`
+    (the transport's end, whichever way it came) cancels the timer and further reads.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        k: KTLSConnection,
+        fds: _FdWatch,
+        scratch: bytearray,
+        timeout: float | None,
+        done: Callable[[], None],
+        owner: object,  # named in the debug log
+    ) -> None:
+        self._loop = loop
+        self._k = k
+        self._fds = fds
+        self._scratch = scratch
+        self._timeout = timeout
+        self._done = done
+        self._owner = owner
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopped = False
+        self.started = False
+
+    def start(self, *, eof_received: bool) -> None:
+        """close_notify is out; *eof_received*: the peer's end came already."""
+        self.started = True
+        if eof_received or self._timeout == 0:
+            self._done()
+            return
+        if self._timeout is not None:
+            self._timer = self._loop.call_later(self._timeout, self._done)
+        self._fds.arm_reader(self._ready)
+        self._ready()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _ready(self) -> None:
+        if self._stopped:
+            return
+        budget = _TURN_BYTES
+        while budget > 0:
+            try:
+                n = self._k.recv_into(self._scratch)
+            except (BlockingIOError, InterruptedError):
+                return
+            except Exception as exc:
+                _logger.debug("%r: error while waiting for the peer to close: %r", self._owner, exc)
+                self._done()
+                return
+            if not n:
+                self._done()
+                return
+            budget -= n
+        self._loop.call_soon(self._ready)
+
+
 class KTLSTransport(transports._FlowControlMixin):
     """An asyncio transport over a non-blocking :class:`~ossl_ktls.KTLSConnection`.
 
@@ -212,16 +457,14 @@ class KTLSTransport(transports._FlowControlMixin):
     for information and ``key_update()``; do not read or write through it).
 
     It derives from asyncio's ``_FlowControlMixin`` only because ``loop.sendfile``'s
-    fallback requires that type; flow control is implemented here.
+    fallback requires that type (and reads ``_loop`` and ``_protocol_paused``); the
+    mixin's state and methods are not used: flow control is the :class:`WriteBuffer`'s.
     """
 
     _start_tls_compatible = False
 
     _extra: dict[str, Any]
     _loop: asyncio.AbstractEventLoop
-    _protocol_paused: bool
-    _high_water: int
-    _low_water: int
 
     def __init__(
         self,
@@ -233,57 +476,33 @@ class KTLSTransport(transports._FlowControlMixin):
         shutdown_timeout: float | None = SHUTDOWN_TIMEOUT,
         waiter: asyncio.Future[None] | None = None,
     ) -> None:
-        extra: dict[str, Any] = {
-            "socket": trsock.TransportSocket(sock),
-            "ssl_object": k.connection,
-            "ktls": k,
-            "ktls_tx": k.ktls_tx,
-            "ktls_rx": k.ktls_rx,
-            "ktls_fallback_reason": k.fallback_reason,
-            "cipher": (k.get_cipher_name(), k.get_cipher_version(), k.get_cipher_bits()),
-        }
-        for key, getter in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
-            try:
-                extra[key] = getter()
-            except OSError:
-                extra[key] = None
-        super().__init__(extra, loop)
+        # Not the mixin's __init__: its marks and pause flag would be unused duplicates.
+        transports.Transport.__init__(self, _extra_info(k, sock))
         self._loop = loop
         self._k = k
         self._sock: _LoopSocket | None = sock
         self._sock_fd = sock.fileno()
-        self._shutdown_timeout = shutdown_timeout
         self._protocol: Any = None
         self._protocol_connected = False
         self._buffered = False
         self.set_protocol(protocol)
-        self._buffer: collections.deque[memoryview] = collections.deque()
-        self._buffer_size = 0
-        self._protocol_paused = False
+        self._wbuf = WriteBuffer(lambda: k.tx_backlog)
+        self._sender = Sender(k, self._wbuf)
         self._paused = False
         self._closing = False
         self._write_eof = False
-        self._shutdown_sent = False
         self._eof_received = False
-        self._lingering = False
         self._conn_lost = 0
         self._dropped_writes = 0
-        self._reader: Callable[[], None] | None = None
-        self._writer_on = False
-        self._fd_released = False
         self._read_scheduled = False
-        self._linger_timer: asyncio.TimerHandle | None = None
-        self._empty_waiter: asyncio.Future[None] | None = None
-        self._seq_mark: int | None = None
+        self._sendfile = _NativeSendfile(loop, k, lambda: bool(self._conn_lost))
         self._scratch = bytearray(_READ_SIZE)
-        # On selector loops, register like asyncio's socket transports: the loop then
-        # refuses sock_recv() & co. on this socket, and its native sendfile works.
-        selector = isinstance(loop, selector_events.BaseSelectorEventLoop)
-        self._sel: Any = cast(Any, loop) if selector else None
-        if self._sel is not None:
-            self._sel._transports[self._sock_fd] = self
+        self._fds = _FdWatch(loop, self._sock_fd, self, self._pump)
+        self._linger = _Linger(
+            loop, k, self._fds, self._scratch, shutdown_timeout, self._finish, self
+        )
         self.set_write_buffer_limits()
-        sock.on_close = self._release_fd
+        sock.on_close = self._fds.release
         loop.call_soon(self._connection_made, waiter)
 
     def __repr__(self) -> str:
@@ -300,53 +519,7 @@ class KTLSTransport(transports._FlowControlMixin):
             sock.on_close = None
             sock.close()
 
-    # ------------------------------------------------------------------ event loop
-
-    def _arm_reader(self, callback: Callable[[], None]) -> None:
-        if self._fd_released or self._reader == callback:
-            return
-        self._reader = callback
-        if self._sel is not None:
-            self._sel._add_reader(self._sock_fd, callback)
-        else:
-            self._loop.add_reader(self._sock_fd, callback)
-
-    def _disarm_reader(self) -> None:
-        if self._reader is None:
-            return
-        self._reader = None
-        if self._sel is not None:
-            self._sel._remove_reader(self._sock_fd)
-        else:
-            self._loop.remove_reader(self._sock_fd)
-
-    def _arm_writer(self) -> None:
-        if self._fd_released or self._writer_on:
-            return
-        self._writer_on = True
-        if self._sel is not None:
-            self._sel._add_writer(self._sock_fd, self._pump)
-        else:
-            self._loop.add_writer(self._sock_fd, self._pump)
-
-    def _disarm_writer(self) -> None:
-        if not self._writer_on:
-            return
-        self._writer_on = False
-        if self._sel is not None:
-            self._sel._remove_writer(self._sock_fd)
-        else:
-            self._loop.remove_writer(self._sock_fd)
-
-    def _release_fd(self) -> None:
-        """Take the descriptor out of the loop (before the socket is closed)."""
-        if self._fd_released:
-            return
-        self._disarm_reader()
-        self._disarm_writer()
-        self._fd_released = True
-        if self._sel is not None and self._sel._transports.get(self._sock_fd) is self:
-            del self._sel._transports[self._sock_fd]
+    # ------------------------------------------------------------------ protocol
 
     def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
         if self._conn_lost:
@@ -361,14 +534,12 @@ class KTLSTransport(transports._FlowControlMixin):
                 waiter.set_exception(exc)
             return
         if self.is_reading():
-            self._arm_reader(self._read_ready)
+            self._fds.arm_reader(self._read_ready)
             self._schedule_read()  # wrap() may have kept plaintext OpenSSL decrypted
         if self._k.tx_backlog:
-            self._arm_writer()
+            self._fds.arm_writer()
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    # ------------------------------------------------------------------ protocol
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
@@ -391,14 +562,14 @@ class KTLSTransport(transports._FlowControlMixin):
         if not self.is_reading():
             return
         self._paused = True
-        self._disarm_reader()
+        self._fds.disarm_reader()
 
     def resume_reading(self) -> None:
         if self._closing or not self._paused:
             return
         self._paused = False
         if not self._eof_received:
-            self._arm_reader(self._read_ready)
+            self._fds.arm_reader(self._read_ready)
             self._schedule_read()  # OpenSSL may hold data or the end already
 
     def _schedule_read(self) -> None:
@@ -411,7 +582,7 @@ class KTLSTransport(transports._FlowControlMixin):
         # Reading in user space can queue answers (close_notify, KeyUpdate, alerts) that
         # the socket could not take at once: have the writer push them.
         if self._k.tx_backlog and not self._conn_lost:
-            self._arm_writer()
+            self._fds.arm_writer()
 
     def _read_turn(self) -> None:
         """Read until the socket would block (bounded: then again on the next loop turn).
@@ -461,7 +632,7 @@ class KTLSTransport(transports._FlowControlMixin):
     def _read_eof(self) -> None:
         """close_notify arrived (or a TCP EOF with ``ragged_eof``)."""
         self._eof_received = True
-        self._disarm_reader()
+        self._fds.disarm_reader()
         try:
             keep_open = self._protocol.eof_received()
         except (SystemExit, KeyboardInterrupt):
@@ -482,7 +653,7 @@ class KTLSTransport(transports._FlowControlMixin):
             )
         if self._write_eof:
             raise RuntimeError("Cannot call write() after write_eof()")
-        if self._empty_waiter is not None:
+        if self._sendfile.running:
             raise RuntimeError("unable to write; sendfile is in progress")
         if not data:
             return
@@ -491,10 +662,8 @@ class KTLSTransport(transports._FlowControlMixin):
             if self._dropped_writes >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 _logger.warning("write() on a closed kTLS transport: data dropped")
             return
-        chunk = memoryview(bytes(data))
-        self._buffer.append(chunk)
-        self._buffer_size += len(chunk)
-        if not self._writer_on:
+        self._wbuf.append(data)
+        if not self._fds.writing:
             self._pump()
         self._maybe_pause_protocol()
 
@@ -507,32 +676,30 @@ class KTLSTransport(transports._FlowControlMixin):
         if self._write_eof or self._closing:
             return
         self._write_eof = True
-        if not self._writer_on:
+        if not self._fds.writing:
             self._pump()
 
     def can_write_eof(self) -> bool:
         return True
 
     def get_write_buffer_size(self) -> int:
-        return self._buffer_size + self._k.tx_backlog
+        return self._wbuf.size
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._low_water, self._high_water)
+        return (self._wbuf.low, self._wbuf.high)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = 64 * 1024 if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water, self._low_water = high, low
+        self._wbuf.set_limits(high, low)
         self._maybe_pause_protocol()
 
+    @property
+    def _protocol_paused(self) -> bool:
+        """asyncio's flow-control flag (``loop.sendfile``'s fallback reads it)."""
+        return self._wbuf.paused
+
     def _maybe_pause_protocol(self) -> None:
-        if self._protocol_paused or self.get_write_buffer_size() <= self._high_water:
+        if not self._wbuf.pause_due():
             return
-        self._protocol_paused = True
         try:
             self._protocol.pause_writing()
         except (SystemExit, KeyboardInterrupt):
@@ -541,9 +708,8 @@ class KTLSTransport(transports._FlowControlMixin):
             self._protocol_error(exc, "protocol.pause_writing() failed")
 
     def _maybe_resume_protocol(self) -> None:
-        if not self._protocol_paused or self.get_write_buffer_size() > self._low_water:
+        if not self._wbuf.resume_due():
             return
-        self._protocol_paused = False
         try:
             self._protocol.resume_writing()
         except (SystemExit, KeyboardInterrupt):
@@ -556,74 +722,29 @@ class KTLSTransport(transports._FlowControlMixin):
             {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
         )
 
-    def _next_chunk(self) -> memoryview:
-        buf = self._buffer
-        if len(buf[0]) < _COALESCE and len(buf) > 1:
-            parts = [buf.popleft()]
-            size = len(parts[0])
-            while buf and size + len(buf[0]) <= _COALESCE:
-                size += len(buf[0])
-                parts.append(buf.popleft())
-            buf.appendleft(memoryview(b"".join(parts)))
-        return buf[0][:_SEND_CHUNK]
-
-    def _consumed(self, n: int) -> None:
-        head = self._buffer[0]
-        if n >= len(head):
-            self._buffer.popleft()
-        else:
-            self._buffer[0] = head[n:]
-        self._buffer_size -= n
-
-    def _flush(self) -> bool:
-        """Push what is queued (then close_notify when due); True when all of it is out."""
-        k = self._k
-        budget = _TURN_BYTES
-        while True:
-            if k.tx_backlog and k.flush():
-                return False  # user-space ciphertext still queued (a due FIN after it)
-            if self._buffer:
-                if budget <= 0:
-                    return False  # the writer stays armed: more on the next turn
-                try:
-                    # Kernel TX: the kernel takes what fits. User space: everything is
-                    # encrypted at once; what the socket cannot take waits in tx_backlog.
-                    n = k.send(self._next_chunk())
-                except (BlockingIOError, InterruptedError):
-                    return False
-                self._consumed(n)
-                budget -= n
-                continue
-            if (self._write_eof or self._closing) and not self._shutdown_sent:
-                try:
-                    k.shutdown()
-                except (BlockingIOError, InterruptedError):
-                    return False
-                self._shutdown_sent = True
-                continue
-            return True
-
     def _pump(self) -> None:
         """Writer callback: push, then arm or disarm the writer and move the close along."""
         if self._conn_lost:
             return
         try:
-            done = self._flush()
+            done = self._sender.push(
+                budget=_TURN_BYTES, close_notify=self._write_eof or self._closing
+            )
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             self._fatal_error(exc, "Fatal write error on kTLS transport")
             return
-        if self._empty_waiter is not None and not self.get_write_buffer_size():
-            self._buffer_empty()
+        if self._sendfile.running and not self.get_write_buffer_size():
+            self._sendfile.buffer_empty()
         if not done:
-            self._arm_writer()
+            self._fds.arm_writer()
             self._maybe_resume_protocol()
             return
-        self._disarm_writer()
+        self._fds.disarm_writer()
         if self._closing:
-            if not self._lingering:
-                self._linger()
+            if not self._linger.started:
+                self._linger.start(eof_received=self._eof_received)
         else:
             self._maybe_resume_protocol()
 
@@ -632,39 +753,17 @@ class KTLSTransport(transports._FlowControlMixin):
     @property
     def _sendfile_compatible(self) -> constants._SendfileMode:
         """What ``loop.sendfile`` may do: zero-copy with kernel TX on a selector loop."""
-        if self._k.ktls_tx and self._sel is not None:
+        if self._k.ktls_tx and self._fds.selector_loop:
             return constants._SendfileMode.TRY_NATIVE
         return constants._SendfileMode.FALLBACK
 
     def _make_empty_waiter(self) -> asyncio.Future[None]:
         """Called by the selector loop's native sendfile before it uses the socket."""
-        if self._empty_waiter is not None:
-            raise RuntimeError("Empty waiter is already set")
-        self._empty_waiter = self._loop.create_future()
-        if not self.get_write_buffer_size():
-            self._buffer_empty()
-        return self._empty_waiter
-
-    def _buffer_empty(self) -> None:
-        waiter = self._empty_waiter
-        if waiter is None or waiter.done():
-            return
-        if self._k.version == "1.3" and self._k.ktls_tx and not self._conn_lost:
-            with contextlib.suppress(Exception):
-                self._seq_mark = self._k.tx_sequence()
-        waiter.set_result(None)
+        return self._sendfile.begin(buffer_empty=not self.get_write_buffer_size())
 
     def _reset_empty_waiter(self) -> None:
-        """After the loop's native sendfile: count its records for the automatic KeyUpdate."""
-        self._empty_waiter = None
-        mark, self._seq_mark = self._seq_mark, None
-        if mark is None or self._conn_lost:
-            return
-        try:
-            records = self._k.tx_sequence() - mark
-        except Exception:
-            return
-        self._k.note_records_sent(records)
+        """Called by the selector loop's native sendfile when it is done with the socket."""
+        self._sendfile.end()
 
     # ------------------------------------------------------------------ closing
 
@@ -673,51 +772,21 @@ class KTLSTransport(transports._FlowControlMixin):
         if self._closing:
             return
         self._closing = True
-        self._disarm_reader()
-        if not self._writer_on:
+        self._fds.disarm_reader()
+        if not self._fds.writing:
             self._pump()
 
     def abort(self) -> None:
         """Close now: queued data is dropped and no close_notify is sent."""
         self._force_close(None)
 
-    def _linger(self) -> None:
-        """close_notify is out: read (and drop) until the peer closes, bounded in time."""
-        self._lingering = True
-        if self._eof_received or self._shutdown_timeout == 0:
-            self._finish()
-            return
-        if self._shutdown_timeout is not None:
-            self._linger_timer = self._loop.call_later(self._shutdown_timeout, self._finish)
-        self._arm_reader(self._linger_ready)
-        self._linger_ready()
-
-    def _linger_ready(self) -> None:
-        if self._conn_lost:
-            return
-        budget = _TURN_BYTES
-        while budget > 0:
-            try:
-                n = self._k.recv_into(self._scratch)
-            except (BlockingIOError, InterruptedError):
-                return
-            except Exception as exc:
-                _logger.debug("%r: error while waiting for the peer to close: %r", self, exc)
-                self._finish()
-                return
-            if not n:
-                self._finish()
-                return
-            budget -= n
-        self._loop.call_soon(self._linger_ready)
-
     def _finish(self) -> None:
         """The orderly end: everything was sent, close_notify included."""
         if self._conn_lost:
             return
         self._conn_lost += 1
-        self._stop_timer()
-        self._release_fd()
+        self._linger.stop()
+        self._fds.release()
         self._close_k()
         self._loop.call_soon(self._call_connection_lost, None)
 
@@ -726,10 +795,9 @@ class KTLSTransport(transports._FlowControlMixin):
             return
         self._conn_lost += 1
         self._closing = True
-        self._stop_timer()
-        self._release_fd()
-        self._buffer.clear()
-        self._buffer_size = 0
+        self._linger.stop()
+        self._fds.release()
+        self._wbuf.clear()
         if self._sock is not None:
             self._sock.abandon()
         self._close_k()
@@ -741,11 +809,6 @@ class KTLSTransport(transports._FlowControlMixin):
         else:
             self._protocol_error(exc, message)
         self._force_close(exc)
-
-    def _stop_timer(self) -> None:
-        if self._linger_timer is not None:
-            self._linger_timer.cancel()
-            self._linger_timer = None
 
     def _close_k(self) -> None:
         try:
@@ -760,9 +823,7 @@ class KTLSTransport(transports._FlowControlMixin):
             if self._protocol_connected:
                 self._protocol.connection_lost(exc)
         finally:
-            waiter = self._empty_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(ConnectionError("Connection is closed by peer"))
+            self._sendfile.fail()
             self._sock = None
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import re
 import shutil
 import socket
 import subprocess
 import threading
+from asyncio import constants
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +28,15 @@ from OpenSSL import SSL
 
 import ossl_ktls
 import ossl_ktls.aio
-from tests._pairs import Certs, Peer, digest, make_context, read_all, read_exactly
+from tests._pairs import (
+    Certs,
+    Peer,
+    digest,
+    make_context,
+    read_all,
+    read_exactly,
+    read_until_end,
+)
 
 T = TypeVar("T")
 ExpectKernel = Callable[[str, str, str], bool]
@@ -100,9 +110,20 @@ async def _close(writer: asyncio.StreamWriter) -> None:
     await writer.wait_closed()
 
 
-def _thread_server(ctx: SSL.Context, serve: Callable[[SSL.Connection], Any]) -> tuple[int, Peer]:
-    """A blocking pyOpenSSL server for one connection in a thread: (port, its result)."""
-    listener = socket.create_server((HOST, 0))
+def _thread_server(
+    ctx: SSL.Context, serve: Callable[[SSL.Connection], Any], *, rcvbuf: int | None = None
+) -> tuple[int, Peer]:
+    """A blocking pyOpenSSL server for one connection in a thread: (port, its result).
+
+    *rcvbuf*: the accepted socket's SO_RCVBUF (set on the listener, which it inherits).
+    """
+    if rcvbuf is None:
+        listener = socket.create_server((HOST, 0))
+    else:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        listener.bind((HOST, 0))
+        listener.listen()
     port = listener.getsockname()[1]
 
     def run() -> Any:
@@ -698,3 +719,289 @@ def test_handshake_cancel_timeout_and_failure_leak_nothing(certs: Certs) -> None
     _run(main())
     gc.collect()
     assert _fd_count() == before
+
+
+class _Recorder(asyncio.Protocol):
+    """A plain Protocol that keeps what arrives and the transport's calls, in order."""
+
+    def __init__(self) -> None:
+        self.transport: ossl_ktls.aio.KTLSTransport | None = None
+        self.data = bytearray()
+        self.events: list[tuple[str, int]] = []  # (call, write-buffer size at the call)
+        self.resumed = asyncio.get_running_loop().create_future()
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, ossl_ktls.aio.KTLSTransport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def pause_writing(self) -> None:
+        assert self.transport is not None
+        self.events.append(("pause", self.transport.get_write_buffer_size()))
+
+    def resume_writing(self) -> None:
+        assert self.transport is not None
+        self.events.append(("resume", self.transport.get_write_buffer_size()))
+        if not self.resumed.done():
+            self.resumed.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(exc)
+
+
+async def _connect(
+    port: int, ctx: SSL.Context, protocol: asyncio.BaseProtocol, **kwds: Any
+) -> ossl_ktls.aio.KTLSTransport:
+    transport, _ = await ossl_ktls.aio.create_connection(
+        lambda: protocol, HOST, port, context=ctx, server_hostname="localhost", **kwds
+    )
+    return transport
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_write_buffer_limits_pause_and_resume_writing(certs: Certs, version: str) -> None:
+    """The write-buffer limits pause the protocol above the high mark, resume it at the low.
+
+    Limits default to (16 KiB, 64 KiB); ``high`` alone sets low = high // 4, ``low`` alone
+    sets high = 4 * low, and high < low is a ValueError that changes nothing. With a peer
+    that does not read (small socket buffers), 4 MiB queued by ``writelines`` under a
+    1 GiB mark pauses nothing; lowering the mark below what is queued pauses the protocol
+    at once, and only once; when the peer reads, the protocol resumes once, with the
+    buffer at or below the low mark; the peer gets every byte, in order, then close_notify.
+    """
+    cctx, sctx = _contexts(certs, version, "aes-128-gcm")
+    chunks = [os.urandom(64 * 1024 + i) for i in range(64)]
+    go = threading.Event()
+
+    def serve(conn: SSL.Connection) -> tuple[bytes, str]:
+        go.wait(DEADLINE)
+        data, end = read_until_end(conn)
+        return data, type(end).__name__
+
+    port, peer = _thread_server(sctx, serve, rcvbuf=32 * 1024)
+
+    async def main() -> list[tuple[str, int]]:
+        proto = _Recorder()
+        transport = await _connect(port, cctx, proto)
+        transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024
+        )
+        assert transport.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
+        transport.set_write_buffer_limits(high=40000)
+        assert transport.get_write_buffer_limits() == (10000, 40000)
+        transport.set_write_buffer_limits(low=1000)
+        assert transport.get_write_buffer_limits() == (1000, 4000)
+        with pytest.raises(ValueError, match="must be >="):
+            transport.set_write_buffer_limits(high=10, low=20)
+        assert transport.get_write_buffer_limits() == (1000, 4000)
+
+        transport.set_write_buffer_limits(high=2**30)
+        transport.writelines(chunks)
+        queued = transport.get_write_buffer_size()
+        assert queued > 2 * 1024 * 1024
+        assert proto.events == []
+        transport.set_write_buffer_limits(high=256 * 1024, low=32 * 1024)
+        assert proto.events == [("pause", queued)]
+        transport.set_write_buffer_limits(high=128 * 1024, low=32 * 1024)
+        assert proto.events == [("pause", queued)]
+        go.set()
+        await proto.resumed
+        assert len(proto.events) == 2
+        assert proto.events[1][0] == "resume"
+        assert proto.events[1][1] <= 32 * 1024
+        transport.close()
+        assert await proto.lost is None
+        return proto.events
+
+    events = _run(main())
+    assert len(events) == 2
+    data, end = peer.result()
+    assert end == "ZeroReturnError"
+    assert digest(data) == digest(b"".join(chunks))
+
+
+class _BufferedRecorder(asyncio.BufferedProtocol):
+    """A BufferedProtocol with a small buffer (of *size* bytes): what arrives, and the end."""
+
+    def __init__(self, size: int) -> None:
+        self._buf = bytearray(size)
+        self.data = bytearray()
+        self.calls: list[str] = []
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self._buf)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data += self._buf[:nbytes]
+
+    def eof_received(self) -> bool:
+        self.calls.append(f"eof after {len(self.data)}")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.calls.append("lost")
+        self.lost.set_result(exc)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_buffered_protocol(certs: Certs, version: str) -> None:
+    """A BufferedProtocol gets the stream through get_buffer()/buffer_updated(), intact.
+
+    1.5 MiB from a pyOpenSSL peer arrive through a 1000-byte buffer, then eof_received()
+    once, after the last byte (the peer's close_notify), then connection_lost(None). A
+    get_buffer() that returns an empty buffer is a fatal read error: the loop's exception
+    handler hears of it and connection_lost() gets the RuntimeError.
+    """
+    cctx, sctx = _contexts(certs, version, "aes-128-gcm")
+    response = os.urandom(1536 * 1024 + 13)
+
+    def serve(conn: SSL.Connection) -> bytes:
+        conn.sendall(response)
+        conn.shutdown()
+        data, _ = read_until_end(conn)
+        return data
+
+    port, peer = _thread_server(sctx, serve)
+
+    async def whole() -> tuple[bytes, list[str], BaseException | None]:
+        proto = _BufferedRecorder(1000)
+        await _connect(port, cctx, proto)
+        exc = await proto.lost
+        return bytes(proto.data), proto.calls, exc
+
+    data, calls, exc = _run(whole())
+    assert digest(data) == digest(response)
+    assert calls == [f"eof after {len(response)}", "lost"]
+    assert exc is None
+    assert peer.result() == b""
+
+    port, peer = _thread_server(sctx, serve)
+
+    async def empty_buffer() -> tuple[BaseException | None, list[dict[str, Any]]]:
+        handled: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: handled.append(ctx))
+        proto = _BufferedRecorder(0)
+        await _connect(port, cctx, proto)
+        return await proto.lost, handled
+
+    exc, handled = _run(empty_buffer())
+    assert isinstance(exc, RuntimeError)
+    assert "empty buffer" in str(exc)
+    assert [ctx["message"] for ctx in handled] == ["Fatal read error on kTLS transport"]
+    assert handled[0]["exception"] is exc
+    with contextlib.suppress(SSL.Error):
+        peer.result()  # the peer's sendall may fail: the transport closed without reading
+
+
+def test_writes_after_close_write_eof_and_abort(
+    certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a closed or half-closed transport does with writes, and what abort() sends.
+
+    After close(), writes are dropped (after five of them a warning is logged) and the
+    peer gets exactly what was written before, then close_notify. After write_eof(),
+    write() raises RuntimeError. abort() sends no close_notify: the peer's read ends in
+    an error (a truncated stream), not a clean EOF, after a prefix of what was written;
+    the protocol's connection_lost() gets None.
+    """
+    cctx, sctx = _contexts(certs, "1.3", "aes-128-gcm")
+    before, dropped = os.urandom(300 * 1024 + 1), os.urandom(1000)
+
+    def serve(conn: SSL.Connection) -> tuple[bytes, str]:
+        data, end = read_until_end(conn)
+        return data, type(end).__name__
+
+    port, peer = _thread_server(sctx, serve)
+
+    async def closed() -> BaseException | None:
+        proto = _Recorder()
+        transport = await _connect(port, cctx, proto)
+        transport.write(before)
+        transport.close()
+        assert transport.is_closing()
+        for _ in range(constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES):
+            transport.write(dropped)
+        return await proto.lost
+
+    with caplog.at_level(logging.WARNING, logger="ossl_ktls.aio"):
+        assert _run(closed()) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "write() on a closed kTLS transport: data dropped"
+    ]
+    data, end = peer.result()
+    assert end == "ZeroReturnError"
+    assert digest(data) == digest(before)
+
+    port, peer = _thread_server(sctx, serve)
+
+    async def half_closed() -> None:
+        proto = _Recorder()
+        transport = await _connect(port, cctx, proto)
+        transport.write(before)
+        transport.write_eof()
+        with pytest.raises(RuntimeError, match="after write_eof"):
+            transport.write(dropped)
+        transport.close()
+        assert await proto.lost is None
+
+    _run(half_closed())
+    data, end = peer.result()
+    assert end == "ZeroReturnError"
+    assert digest(data) == digest(before)
+
+    port, peer = _thread_server(sctx, serve)
+
+    async def aborted() -> BaseException | None:
+        proto = _Recorder()
+        transport = await _connect(port, cctx, proto)
+        transport.write(before)
+        transport.abort()
+        assert transport.is_closing()
+        return await proto.lost
+
+    assert _run(aborted()) is None
+    data, end = peer.result()
+    assert end != "ZeroReturnError"
+    assert before.startswith(data)
+
+
+def test_close_waits_for_the_peer_at_most_shutdown_timeout(certs: Certs) -> None:
+    """After close_notify, close() waits for the peer's end, but no longer than the timeout.
+
+    The peer reads everything to a clean EOF (our close_notify), then keeps its side
+    open and silent; with ``shutdown_timeout=0.5`` connection_lost(None) comes no sooner
+    than 0.5 s after close() and while the peer still holds the connection.
+    """
+    cctx, sctx = _contexts(certs, "1.3", "aes-128-gcm")
+    request = os.urandom(200 * 1024 + 3)
+    released = threading.Event()
+
+    def serve(conn: SSL.Connection) -> tuple[bytes, str, bool]:
+        data, end = read_until_end(conn)
+        return data, type(end).__name__, released.wait(DEADLINE)
+
+    port, peer = _thread_server(sctx, serve)
+
+    async def main() -> tuple[float, BaseException | None]:
+        loop = asyncio.get_running_loop()
+        proto = _Recorder()
+        transport = await _connect(port, cctx, proto, shutdown_timeout=0.5)
+        transport.write(request)
+        start = loop.time()
+        transport.close()
+        exc = await proto.lost
+        waited = loop.time() - start
+        released.set()
+        return waited, exc
+
+    waited, exc = _run(main())
+    assert exc is None
+    assert waited >= 0.5
+    data, end, held = peer.result()
+    assert held
+    assert end == "ZeroReturnError"
+    assert digest(data) == digest(request)
