@@ -46,12 +46,14 @@ from ._linux_tls import Capabilities, probe
 if TYPE_CHECKING:
     from ._connection import KTLSConnection, wrap
     from ._openssl import prepare
+    from ._pyopenssl import Connection
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BadRecordMAC",
     "Capabilities",
+    "Connection",
     "ConnectionClosed",
     "DecodeError",
     "Error",
@@ -75,6 +77,7 @@ __all__ = [
 # Hidden from type checkers, which see the real names through the TYPE_CHECKING imports
 # above (a visible module __getattr__ would make every misspelt attribute type-check).
 _LAZY = {
+    "Connection": "._pyopenssl",
     "KTLSConnection": "._connection",
     "wrap": "._connection",
     "prepare": "._openssl",

@@ -221,6 +221,9 @@ class Engine:
         self.eof = False
         self.close_notify_sent = False
         self.close_notify_received = False
+        # TLS 1.2: answer the peer's close_notify with ours at once (RFC 5246 7.2.1). A
+        # pyOpenSSL-style façade leaves it to the caller's shutdown(), as OpenSSL does.
+        self.answer_close_notify = True
         self.scratch = bytearray(MAX_RECORD + 256)
 
     def __repr__(self) -> str:
@@ -288,7 +291,7 @@ class Engine:
         """close_notify arrived: end of stream; TLS 1.2 answers with its own (RFC 5246 7.2.1)."""
         self.close_notify_received = True
         self.eof = True
-        if self.version == "1.2" and not self.close_notify_sent:
+        if self.version == "1.2" and self.answer_close_notify and not self.close_notify_sent:
             try:
                 with self.tx_lock:
                     self.tx.send_alert(ALERT_WARNING, CLOSE_NOTIFY)

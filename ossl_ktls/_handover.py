@@ -114,8 +114,14 @@ def hand_over_if_kernel(conn: SSL.Connection, options: Options) -> Engine | str:
     engine, chosen, caps = _decide(conn, sock, options)
     if not (chosen.tx or chosen.rx):
         return "; ".join(chosen.reasons) or "not requested"
+    try:
+        # Before anything moves: where the kernel refuses the ULP (a socket the peer
+        # already half-closed is ENOTCONN), the Connection stays all OpenSSL's.
+        uapi.set_ulp(sock)
+    except OSError as exc:
+        return f"the kernel refused the tls ULP ({errno.errorcode.get(exc.errno or 0)})"
     conn._ossl_ktls_wrapped = True  # type: ignore[attr-defined]
-    return _complete(engine, chosen, caps, options)
+    return _complete(engine, chosen, caps, options, ulp_attached=True)
 
 
 def _decide(
@@ -153,7 +159,14 @@ def _decide(
     return engine, chosen, caps
 
 
-def _complete(engine: Engine, chosen: Plan, caps: uapi.Capabilities, options: Options) -> Engine:
+def _complete(
+    engine: Engine,
+    chosen: Plan,
+    caps: uapi.Capabilities,
+    options: Options,
+    *,
+    ulp_attached: bool = False,
+) -> Engine:
     """Move the record layer: buffered plaintext, memory BIOs, kernel keys, paths."""
     conn, sock, version, suite = engine.conn, engine.sock, engine.version, engine.suite
     state = _openssl.state_of(conn)
@@ -168,7 +181,7 @@ def _complete(engine: Engine, chosen: Plan, caps: uapi.Capabilities, options: Op
     if chosen.tx or chosen.rx:
         assert suite is not None
         try:
-            in_tx, in_rx, cap_refused = _install(engine, state, suite, chosen, caps)
+            in_tx, in_rx, cap_refused = _install(engine, state, suite, chosen, caps, ulp_attached)
         except OSError as exc:
             reason = f"the kernel refused the keys ({errno.errorcode.get(exc.errno or 0)})"
             if options.require:
@@ -233,6 +246,7 @@ def _install(
     suite: Suite,
     chosen: Plan,
     caps: uapi.Capabilities,
+    ulp_attached: bool,
 ) -> tuple[bool, bool, str | None]:
     """Install the keys of the directions *chosen*; returns which went into the kernel,
     and why TX stayed in user space when the kernel refused the record size cap."""
@@ -273,7 +287,8 @@ def _install(
         tx_state = secrets.state(Direction.TX, tx_seq)
         rx_state = secrets.state(Direction.RX, rx_seq)
     try:
-        uapi.set_ulp(sock)
+        if not ulp_attached:
+            uapi.set_ulp(sock)
         if want_tx and chosen.tx_record_limit < MAX_RECORD:
             # Before TLS_TX: a refusal then leaves TX to OpenSSL, which honours the limit.
             try:

@@ -1,0 +1,309 @@
+"""Differential tests: ``ossl_ktls.Connection`` against pyOpenSSL's own ``SSL.Connection``.
+
+Each test runs one script of calls twice, over a fresh TCP connection to the same kind of
+peer (a plain pyOpenSSL Connection in a thread, driven by the same peer script): once
+with pyOpenSSL's class, once with ours. What every call returned or raised (exception
+type and arguments) forms a transcript; the two transcripts must be equal, and so must
+the sizes and SHA-256 of what both peers received. Ours must also have moved the record
+layer into the kernel exactly where this environment declares kTLS (on the host: nowhere,
+and the Connection is pyOpenSSL's all along).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import select
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from OpenSSL import SSL
+
+import ossl_ktls
+from tests._pairs import TIMEOUT, Certs, Peer, make_context
+
+CIPHER = "aes-128-gcm"
+BIG = bytes(range(256)) * 700  # 179200 bytes: many full records and a partial one
+
+
+@dataclass
+class Run:
+    """One side of a differential run: the transcript of calls and what the peer got."""
+
+    transcript: list[tuple[Any, ...]] = field(default_factory=list)
+    peer_got: bytes = b""
+    ktls: tuple[bool, bool] = (False, False)
+    reason: str | None = None
+
+    def call(self, label: str, fn: Callable[[], Any]) -> Any:
+        try:
+            value = fn()
+        except SSL.Error as exc:
+            self.transcript.append((label, "raises", type(exc).__name__, _args(exc)))
+            return exc
+        self.transcript.append((label, "returns", value))
+        return value
+
+
+def _args(exc: SSL.Error) -> Any:
+    if isinstance(exc, SSL.SysCallError):
+        return exc.args
+    # OpenSSL's error list: the reasons, in order (the library and function names vary
+    # with nothing that matters here).
+    return [r[2] for r in exc.args[0]] if exc.args and isinstance(exc.args[0], list) else []
+
+
+def _pair(
+    cls: type[SSL.Connection], certs: Certs, version: str, *, client_side: bool
+) -> tuple[SSL.Connection, SSL.Connection]:
+    """(under test, peer) over loopback TCP, no handshake yet; the peer is pyOpenSSL's."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        csock = socket.create_connection(listener.getsockname())
+        ssock, _ = listener.accept()
+    finally:
+        listener.close()
+    cctx = make_context(certs, server=False, version=version, cipher=CIPHER, prepare=False)
+    sctx = make_context(certs, server=True, version=version, cipher=CIPHER, prepare=False)
+    if client_side:
+        tested, peer = cls(cctx, csock), SSL.Connection(sctx, ssock)
+        tested.set_connect_state()
+        tested.set_tlsext_host_name(b"localhost")
+        peer.set_accept_state()
+    else:
+        tested, peer = cls(sctx, ssock), SSL.Connection(cctx, csock)
+        tested.set_accept_state()
+        peer.set_connect_state()
+        peer.set_tlsext_host_name(b"localhost")
+    return tested, peer
+
+
+def _differential(
+    certs: Certs,
+    version: str,
+    script: Callable[[Run, SSL.Connection], None],
+    peer_script: Callable[[SSL.Connection], bytes],
+    *,
+    client_side: bool = True,
+) -> tuple[Run, Run]:
+    runs = []
+    for cls in (SSL.Connection, ossl_ktls.Connection):
+        run = Run()
+        tested, peer = _pair(cls, certs, version, client_side=client_side)
+        worker = Peer(functools.partial(peer_script, peer))
+        try:
+            script(run, tested)
+            run.peer_got = worker.result()
+        finally:
+            for c in (tested, peer):
+                with contextlib.suppress(OSError):
+                    c.sock_shutdown(socket.SHUT_RDWR)
+                c.close()
+        if isinstance(tested, ossl_ktls.Connection):
+            run.ktls = (tested.ktls_tx, tested.ktls_rx)
+            run.reason = tested.fallback_reason
+        runs.append(run)
+    theirs, ours = runs
+    assert ours.transcript == theirs.transcript
+    assert _digest(ours.peer_got) == _digest(theirs.peer_got)
+    return theirs, ours
+
+
+def _digest(data: bytes) -> tuple[int, str]:
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def _expected(
+    expect_kernel: Callable[[str, str, str], bool], can_rekey: bool, version: str
+) -> tuple[bool, bool]:
+    tx = expect_kernel("tx", version, CIPHER)
+    rx = expect_kernel("rx", version, CIPHER) and (version == "1.2" or can_rekey)
+    return tx, rx
+
+
+def _read_all(conn: SSL.Connection) -> bytes:
+    got = bytearray()
+    while True:
+        try:
+            got += conn.recv(65536)
+        except SSL.ZeroReturnError:
+            return bytes(got)
+
+
+def _read_exactly(run: Run, conn: SSL.Connection, n: int) -> bytes:
+    got = bytearray()
+    while len(got) < n:
+        got += conn.recv(n - len(got))
+    run.transcript.append(("read", _digest(bytes(got))))
+    return bytes(got)
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_echo_then_close_notify(
+    certs: Certs, version: str, expect_kernel: Callable[[str, str, str], bool], can_rekey: bool
+) -> None:
+    """Blocking: do_handshake, sendall of 175 KiB, the peer echoes it; pending() is
+    non-zero after a short read of a full record; the peer's close_notify is
+    ZeroReturnError (twice); our shutdown() then returns True; get_shutdown at each step."""
+
+    def peer_script(peer: SSL.Connection) -> bytes:
+        peer.do_handshake()
+        got = bytearray()
+        while len(got) < len(BIG):
+            got += peer.recv(65536)
+        peer.sendall(bytes(got))
+        peer.shutdown()
+        return bytes(got)
+
+    def script(run: Run, c: SSL.Connection) -> None:
+        run.call("do_handshake", c.do_handshake)
+        run.call("sendall", lambda: c.sendall(BIG))
+        head = run.call("recv 100", lambda: c.recv(100))
+        # What programs use pending() for: is more plaintext readable without waiting?
+        # (Its value may differ: kernel RX hands over what it decrypted, which can reach
+        # into the next record, where OpenSSL counts what is left of the current one.)
+        run.call("pending > 0", lambda: c.pending() > 0)
+        _read_exactly(run, c, len(BIG) - len(head))
+        run.call("recv at close_notify", lambda: c.recv(100))
+        run.call("recv again", lambda: c.recv(100))
+        run.call("get_shutdown", c.get_shutdown)
+        run.call("shutdown", c.shutdown)
+        run.call("get_shutdown after", c.get_shutdown)
+
+    _, ours = _differential(certs, version, script, peer_script)
+    assert ours.ktls == _expected(expect_kernel, can_rekey, version), ours.reason
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_tcp_end_without_close_notify(
+    certs: Certs, version: str, expect_kernel: Callable[[str, str, str], bool], can_rekey: bool
+) -> None:
+    """The peer sends data, then closes TCP without close_notify: the data arrives, then
+    pyOpenSSL's SysCallError(-1, 'Unexpected EOF')."""
+
+    def peer_script(peer: SSL.Connection) -> bytes:
+        peer.do_handshake()
+        got = peer.recv(2)  # the FIN must come after the hand-over (the ULP needs TCP open)
+        peer.sendall(b"partial answer")
+        peer.sock_shutdown(socket.SHUT_WR)
+        return got
+
+    def script(run: Run, c: SSL.Connection) -> None:
+        run.call("do_handshake", c.do_handshake)
+        run.call("send", lambda: c.send(b"go"))
+        _read_exactly(run, c, 14)
+        run.call("recv at EOF", lambda: c.recv(100))
+
+    _, ours = _differential(certs, version, script, peer_script)
+    assert ours.ktls == _expected(expect_kernel, can_rekey, version), ours.reason
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_lazy_server_handshake_nonblocking(
+    certs: Certs, version: str, expect_kernel: Callable[[str, str, str], bool], can_rekey: bool
+) -> None:
+    """As cheroot and pyftpdlib do it: a non-blocking server that never calls
+    do_handshake; WantReadError until the handshake and the request are in, a peeked
+    read, a read, a response, the client's close_notify as ZeroReturnError, then our
+    shutdown() (True: both sent)."""
+    request = b"GET / HTTP/1.0\r\n\r\n"
+
+    def peer_script(peer: SSL.Connection) -> bytes:
+        peer.do_handshake()
+        peer.sendall(request)
+        got = _read_all(peer)
+        peer.shutdown()
+        return got
+
+    def script(run: Run, c: SSL.Connection) -> None:
+        c.setblocking(False)
+        got = b""
+        while not got:
+            try:
+                got = c.recv(5, socket.MSG_PEEK)
+            except SSL.WantReadError:
+                _wait(c)
+            except SSL.WantWriteError:
+                _wait(c, write=True)
+        run.transcript.append(("peeked", got))
+        run.call("recv", lambda: c.recv(len(request)))
+        run.call("send", lambda: c.send(b"HTTP/1.0 200 OK\r\n\r\nbody"))
+        run.call("shutdown", c.shutdown)
+        while True:
+            try:
+                c.recv(100)
+            except SSL.WantReadError:
+                _wait(c)
+            except SSL.ZeroReturnError:
+                break
+        run.transcript.append(("end", "ZeroReturnError"))
+        run.call("shutdown again", c.shutdown)
+        run.call("get_shutdown", c.get_shutdown)
+        run.call("recv empty", lambda: c.recv(100))
+
+    _, ours = _differential(certs, version, script, peer_script, client_side=False)
+    assert ours.ktls == _expected(expect_kernel, can_rekey, version), ours.reason
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_send_after_shutdown_and_want_read(
+    certs: Certs, version: str, expect_kernel: Callable[[str, str, str], bool], can_rekey: bool
+) -> None:
+    """Non-blocking client: recv with nothing there is WantReadError; after our shutdown()
+    (False: the peer has not answered) a send raises pyOpenSSL's error; the peer reads
+    everything sent before close_notify."""
+
+    def peer_script(peer: SSL.Connection) -> bytes:
+        peer.do_handshake()
+        return _read_all(peer)
+
+    def script(run: Run, c: SSL.Connection) -> None:
+        run.call("do_handshake", c.do_handshake)
+        c.setblocking(False)
+        run.call("recv nothing", lambda: c.recv(100))
+        run.call("send", lambda: c.send(b"last words"))
+        run.call("shutdown", c.shutdown)
+        run.call("send after shutdown", lambda: c.send(b"more"))
+        run.call("get_shutdown", c.get_shutdown)
+
+    _, ours = _differential(certs, version, script, peer_script)
+    assert ours.ktls == _expected(expect_kernel, can_rekey, version), ours.reason
+    assert ours.peer_got == b"last words"
+
+
+def _wait(c: SSL.Connection, *, write: bool = False) -> None:
+    r, w, _ = select.select([] if write else [c], [c] if write else [], [], TIMEOUT)
+    assert r or w, "timed out waiting for the socket"
+
+
+def test_memory_bio_connection_is_pyopenssl(certs: Certs) -> None:
+    """Connection(ctx, None) (Twisted, mitmproxy) is pyOpenSSL's, memory BIOs and all: a
+    handshake and data through bio_read/bio_write with a pyOpenSSL peer; nothing is
+    handed over, and the reason says why."""
+    cctx = make_context(certs, server=False, version="1.3", cipher=CIPHER, prepare=False)
+    sctx = make_context(certs, server=True, version="1.3", cipher=CIPHER, prepare=False)
+    client = ossl_ktls.Connection(cctx, None)
+    client.set_connect_state()
+    client.set_tlsext_host_name(b"localhost")
+    server = SSL.Connection(sctx, None)
+    server.set_accept_state()
+
+    def pump() -> None:
+        for src, dst in ((client, server), (server, client)):
+            with contextlib.suppress(SSL.WantReadError):
+                dst.bio_write(src.bio_read(65536))
+
+    for _ in range(10):
+        for c in (client, server):
+            with contextlib.suppress(SSL.WantReadError):
+                c.do_handshake()
+        pump()
+    client.sendall(b"over memory")
+    pump()
+    assert server.recv(100) == b"over memory"
+    assert (client.ktls_tx, client.ktls_rx) == (False, False)
+    assert client.fallback_reason is not None and "memory-BIO" in client.fallback_reason
