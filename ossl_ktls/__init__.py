@@ -46,7 +46,7 @@ from ._linux_tls import Capabilities, probe
 if TYPE_CHECKING:
     from ._connection import KTLSConnection, wrap
     from ._openssl import prepare
-    from ._pyopenssl import Connection
+    from ._pyopenssl import Connection, patch, patched, unpatch
 
 __version__ = "0.1.0"
 
@@ -68,8 +68,11 @@ __all__ = [
     "TruncatedStream",
     "UnexpectedMessage",
     "UsageError",
+    "patch",
+    "patched",
     "prepare",
     "probe",
+    "unpatch",
     "wrap",
 ]
 
@@ -81,6 +84,9 @@ _LAZY = {
     "KTLSConnection": "._connection",
     "wrap": "._connection",
     "prepare": "._openssl",
+    "patch": "._pyopenssl",
+    "patched": "._pyopenssl",
+    "unpatch": "._pyopenssl",
 }
 
 if not TYPE_CHECKING:

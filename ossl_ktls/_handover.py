@@ -31,6 +31,7 @@ from . import _linux_tls as uapi
 from ._engine import MAX_RECORD, Engine
 from ._errors import KTLSUnavailable, NotPrepared, UsageError
 from ._keys import tls12_key_block
+from ._openssl import BaseConnection
 from ._policy import Handshake, Plan, Request, plan
 from ._rx import KernelRx, UserRx
 from ._secrets import TrafficSecrets, crypto_state
@@ -57,7 +58,7 @@ class Options:
 
 def socket_of(conn: object) -> socket.socket:
     """The TCP socket of a prepared, not yet wrapped pyOpenSSL Connection."""
-    if not isinstance(conn, SSL.Connection):
+    if not isinstance(conn, BaseConnection):
         raise UsageError(f"wrap() takes an OpenSSL.SSL.Connection, not {type(conn).__name__}")
     if getattr(conn, "_ossl_ktls_wrapped", False):
         raise UsageError("this Connection is already wrapped")
@@ -84,7 +85,7 @@ def finish_handshake(conn: SSL.Connection, sock: socket.socket) -> None:
     deadline = _engine.deadline_of(sock)
     while True:
         try:
-            SSL.Connection.do_handshake(conn)
+            BaseConnection.do_handshake(conn)
             return
         except SSL.WantReadError:
             if sock.gettimeout() == 0.0:
@@ -171,8 +172,8 @@ def _complete(
     conn, sock, version, suite = engine.conn, engine.sock, engine.version, engine.suite
     state = _openssl.state_of(conn)
     # Plaintext OpenSSL already decrypted is delivered first.
-    while SSL.Connection.pending(conn) > 0:
-        engine.rx_plain += SSL.Connection.recv(conn, SSL.Connection.pending(conn))
+    while BaseConnection.pending(conn) > 0:
+        engine.rx_plain += BaseConnection.recv(conn, BaseConnection.pending(conn))
     _openssl.detach_from_socket(conn)
 
     reasons = list(chosen.reasons)

@@ -51,6 +51,13 @@ _SECRET_LABELS = {b"CLIENT_TRAFFIC_SECRET_0": "client", b"SERVER_TRAFFIC_SECRET_
 
 KeylogCallback = Callable[[SSL.Connection, bytes], None]
 
+#: pyOpenSSL's own Connection class, whatever ``OpenSSL.SSL.Connection`` names later
+#: (``ossl_ktls.patch()`` puts ``ossl_ktls.Connection`` there). The engine calls its
+#: methods directly, never a subclass's overrides.
+BaseConnection: type[SSL.Connection] = getattr(
+    SSL.Connection, "_ossl_ktls_original", SSL.Connection
+)
+
 
 @dataclass
 class ConnState:

@@ -57,7 +57,7 @@ from ._errors import (
 )
 from ._handover import Options, hand_over_if_kernel
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "patch", "patched", "unpatch"]
 
 log = logging.getLogger("ossl_ktls")
 
@@ -352,3 +352,36 @@ class Connection(SSL.Connection):
             # "Pretend" flags, as in OpenSSL: nothing is sent or received.
             engine.close_notify_sent = bool(state & SSL.SENT_SHUTDOWN)
             engine.close_notify_received = bool(state & SSL.RECEIVED_SHUTDOWN)
+
+
+Connection._ossl_ktls_original = _openssl.BaseConnection  # type: ignore[attr-defined]
+
+
+def patch() -> None:
+    """Make ``OpenSSL.SSL.Connection`` this module's :class:`Connection` (idempotent).
+
+    Code that looks the class up through the module after this (``SSL.Connection(...)``,
+    ``OpenSSL.SSL.Connection(...)``) gets kernel TLS; a name bound earlier with
+    ``from OpenSSL.SSL import Connection`` still means pyOpenSSL's class. Contexts are
+    prepared at their first Connection; one that made Connections before keeps its
+    Connections in user space, with the reason logged. Undo with :func:`unpatch`.
+    """
+    SSL.Connection = Connection  # type: ignore[misc]
+
+
+def unpatch() -> None:
+    """Give ``OpenSSL.SSL.Connection`` back to pyOpenSSL (Connections already made from
+    ours keep working)."""
+    SSL.Connection = _openssl.BaseConnection  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def patched() -> Iterator[None]:
+    """``with ossl_ktls.patched(): ...``: :func:`patch` for the block, then the state
+    before it again."""
+    before = SSL.Connection
+    patch()
+    try:
+        yield
+    finally:
+        SSL.Connection = before  # type: ignore[misc]

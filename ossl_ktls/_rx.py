@@ -23,6 +23,7 @@ from ._errors import (
     UnexpectedMessage,
     UsageError,
 )
+from ._openssl import BaseConnection
 from ._wire import Direction
 
 
@@ -190,9 +191,9 @@ class UserRx:
                 raise e.os_error(exc, "receive") from exc
             with e.ssl_lock:
                 if not chunk:
-                    SSL.Connection.bio_shutdown(e.conn)
+                    BaseConnection.bio_shutdown(e.conn)
                 else:
-                    SSL.Connection.bio_write(e.conn, chunk)
+                    BaseConnection.bio_write(e.conn, chunk)
 
     def has_buffered_end(self) -> bool:
         return self._end is not None
@@ -210,7 +211,7 @@ class UserRx:
             marks = e.alert_marks()
             try:
                 with e.ssl_lock:
-                    data = SSL.Connection.recv(e.conn, READ_CHUNK)
+                    data = BaseConnection.recv(e.conn, READ_CHUNK)
             except SSL.WantReadError:
                 self._after_read()
                 return

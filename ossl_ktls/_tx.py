@@ -19,6 +19,7 @@ from . import _engine, _openssl, _records
 from . import _linux_tls as uapi
 from ._engine import CLOSE_NOTIFY, MAX_RECORD, READ_CHUNK, Engine
 from ._errors import Error, KeyUpdateUnsupported, UsageError, from_errno
+from ._openssl import BaseConnection
 from ._wire import Direction
 
 
@@ -256,7 +257,7 @@ class UserTx:
         marks = e.alert_marks()
         try:
             with e.ssl_lock:
-                SSL.Connection.shutdown(e.conn)
+                BaseConnection.shutdown(e.conn)
                 self._collect()
         except SSL.Error as exc:
             raise e.fatal(e.openssl_error(exc, "shutdown", marks)) from exc
@@ -328,7 +329,7 @@ class UserTx:
         try:
             if payload:
                 with e.ssl_lock:
-                    SSL.Connection.sendall(e.conn, payload)
+                    BaseConnection.sendall(e.conn, payload)
                     self._collect()
         except SSL.Error as exc:
             raise e.fatal(e.openssl_error(exc, "send", marks)) from exc

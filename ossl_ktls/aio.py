@@ -193,7 +193,7 @@ async def _handshake(
     wrap_options: Mapping[str, Any] | None,
 ) -> KTLSConnection:
     """The TLS handshake without blocking the loop, then the hand-over to the kernel."""
-    conn = SSL.Connection(context, sock)
+    conn = _openssl.BaseConnection(context, sock)
     if server_side:
         conn.set_accept_state()
     else:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from OpenSSL import SSL
+from OpenSSL.SSL import Connection as PyOpenSSLConnection  # bound now: never patched
 
 import ossl_ktls
 from tests._pairs import TIMEOUT, Certs, Peer, make_context
@@ -70,12 +71,12 @@ def _pair(
     cctx = make_context(certs, server=False, version=version, cipher=CIPHER, prepare=False)
     sctx = make_context(certs, server=True, version=version, cipher=CIPHER, prepare=False)
     if client_side:
-        tested, peer = cls(cctx, csock), SSL.Connection(sctx, ssock)
+        tested, peer = cls(cctx, csock), PyOpenSSLConnection(sctx, ssock)
         tested.set_connect_state()
         tested.set_tlsext_host_name(b"localhost")
         peer.set_accept_state()
     else:
-        tested, peer = cls(sctx, ssock), SSL.Connection(cctx, csock)
+        tested, peer = cls(sctx, ssock), PyOpenSSLConnection(cctx, csock)
         tested.set_accept_state()
         peer.set_connect_state()
         peer.set_tlsext_host_name(b"localhost")
@@ -91,7 +92,7 @@ def _differential(
     client_side: bool = True,
 ) -> tuple[Run, Run]:
     runs = []
-    for cls in (SSL.Connection, ossl_ktls.Connection):
+    for cls in (PyOpenSSLConnection, ossl_ktls.Connection):
         run = Run()
         tested, peer = _pair(cls, certs, version, client_side=client_side)
         worker = Peer(functools.partial(peer_script, peer))
@@ -307,3 +308,47 @@ def test_memory_bio_connection_is_pyopenssl(certs: Certs) -> None:
     assert server.recv(100) == b"over memory"
     assert (client.ktls_tx, client.ktls_rx) == (False, False)
     assert client.fallback_reason is not None and "memory-BIO" in client.fallback_reason
+
+
+def test_patch_serves_module_lookups(
+    certs: Certs, expect_kernel: Callable[[str, str, str], bool], can_rekey: bool
+) -> None:
+    """Under ``patched()``, ``OpenSSL.SSL.Connection`` is ours: a client made through the
+    module (its Context never prepared by hand) moves 175 KiB to a pyOpenSSL server
+    byte-exact, in the kernel where declared. A Context that made a Connection before
+    the patch keeps its new Connections in user space and says why; a name bound by
+    ``from OpenSSL.SSL import Connection`` stays pyOpenSSL's; after the block, the module
+    is pyOpenSSL's again."""
+    from OpenSSL.SSL import Connection as bound_before
+
+    used = make_context(certs, server=False, version="1.3", cipher=CIPHER, prepare=False)
+    SSL.Connection(used, None)  # made a Connection: too late to prepare
+    with ossl_ktls.patched():
+        assert SSL.Connection is ossl_ktls.Connection
+        assert bound_before is not ossl_ktls.Connection
+        late = SSL.Connection(used, socket.socket())
+        assert isinstance(late, ossl_ktls.Connection)
+        assert late.fallback_reason is not None and "prepare()" in late.fallback_reason
+        late.close()
+
+        tested, peer = _pair(SSL.Connection, certs, "1.3", client_side=True)
+        assert isinstance(tested, ossl_ktls.Connection)
+        assert not isinstance(peer, ossl_ktls.Connection)  # _pair's bound name
+    assert SSL.Connection is bound_before
+
+    def serve() -> bytes:
+        peer.do_handshake()
+        got = _read_all(peer)
+        peer.shutdown()
+        return got
+
+    worker = Peer(serve)
+    tested.do_handshake()
+    tested.sendall(BIG)
+    tested.shutdown()
+    assert _digest(worker.result()) == _digest(BIG)
+    with pytest.raises(SSL.ZeroReturnError):
+        tested.recv(10)
+    assert (tested.ktls_tx, tested.ktls_rx) == _expected(expect_kernel, can_rekey, "1.3")
+    tested.close()
+    peer.close()
