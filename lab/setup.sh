@@ -6,7 +6,7 @@
 #     missing and this is not Debian or not root, the missing ones are listed with the command
 #     that would install them, and the script exits 1.
 #  2. A Python venv in .lab/venv (git-ignored) with tox, virtme-ng and this project (editable,
-#     with its test and dev extras). Skipped when pyproject.toml and this script did not change
+#     with its cli, test and dev extras). Skipped when pyproject.toml and this script did not change
 #     since the last successful install.
 #
 # Environment: PYTHON (interpreter for the venv, default python3), LAB_VENV (default .lab/venv).

@@ -397,7 +397,15 @@ def ktls_outlook(
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``serve``: a static HTTPS/1.1 file server over kernel TLS."""
-    from . import _http
+    try:
+        from . import _http
+    except ModuleNotFoundError as exc:
+        if exc.name != "h11":
+            raise
+        # h11 (HTTP/1.1) comes with the cli extra, like tqdm; serve cannot run without it.
+        raise CLIError(
+            "serve needs h11, which is not installed: pip install 'ossl-ktls[cli]'"
+        ) from exc
 
     root = args.root
     if not os.path.isdir(root):
