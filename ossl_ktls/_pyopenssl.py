@@ -134,7 +134,7 @@ class Connection(SSL.Connection):
         # its length, returned when the caller repeats the write and the queue is empty.
         self._ktls_owed = 0
         if reason is not None and socket is not None:
-            log.info("ossl_ktls: stays in user space: %s", reason)
+            log.info("stays in user space: %s", reason)
 
     # ------------------------------------------------------------------ where things run
 
@@ -167,12 +167,18 @@ class Connection(SSL.Connection):
             outcome = str(exc)
         if isinstance(outcome, str):
             self._ktls_reason = outcome
-            log.info("ossl_ktls: stays in user space: %s", outcome)
+            log.info("stays in user space: %s", outcome)
         else:
             self._ktls = outcome
             outcome.answer_close_notify = False  # shutdown() is the caller's, as in OpenSSL
-            if outcome.fallback_reason:
-                log.info("ossl_ktls: %s", outcome.fallback_reason)
+            log.info(
+                "kernel TLS %s %s: TX %s, RX %s%s",
+                outcome.version,
+                outcome.suite.name if outcome.suite else "?",
+                "kernel" if outcome.tx.kernel else "user space",
+                "kernel" if outcome.rx.kernel else "user space",
+                f" ({outcome.fallback_reason})" if outcome.fallback_reason else "",
+            )
 
     @contextlib.contextmanager
     def _ktls_call(self, *, writing: bool) -> Iterator[Engine]:

@@ -541,3 +541,76 @@ def test_serve(www: Path, tmp_path: Path, expect_kernel: ExpectKernel, can_rekey
         assert summary["statuses"]["200"] == 2 + 1 + 1 + 4  # GETs, HEAD, a.txt, parallel
     finally:
         stop(server.proc)
+
+
+# ---------------------------------------------------------------- run
+
+_PROGRAM = '''\
+"""A plain pyOpenSSL client, nothing of ossl_ktls in it: download until close_notify."""
+import socket
+import sys
+
+from OpenSSL import SSL
+
+host, port, out, cafile = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+ctx.load_verify_locations(cafile)
+ctx.set_verify(SSL.VERIFY_PEER)
+conn = SSL.Connection(ctx, socket.create_connection((host, port)))
+conn.set_connect_state()
+conn.set_tlsext_host_name(b"localhost")
+conn.sendall(b"hello")  # the handshake happens inside this first send
+with open(out, "wb") as f:
+    while True:
+        try:
+            f.write(conn.recv(65536))
+        except SSL.ZeroReturnError:
+            break
+conn.shutdown()
+conn.close()
+sys.exit(3)
+'''
+
+
+def test_run_patches_an_unmodified_program(
+    certs: Certs, tmp_path: Path, payload_file: Path, expect_kernel: ExpectKernel, can_rekey: bool
+) -> None:
+    """``run --log SCRIPT ARGS`` runs a pyOpenSSL program that knows nothing of us with its
+    arguments and its own exit status (3). It downloads 2 MiB from a stdlib ``ssl``
+    server byte-exact, and the log says its Connection went to the kernel where this
+    environment declares kTLS (RX too only where TLS 1.3 can be rekeyed), else why not."""
+    program = tmp_path / "client.py"
+    program.write_text(_PROGRAM)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(certs.ecdsa))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(TIMEOUT)
+    payload = payload_file.read_bytes()
+    got_hello: list[bytes] = []
+
+    def serve() -> None:
+        raw, _ = listener.accept()
+        raw.settimeout(TIMEOUT)
+        with ctx.wrap_socket(raw, server_side=True) as tls:
+            got_hello.append(tls.recv(5))
+            tls.sendall(payload)
+            tls.unwrap()  # close_notify, and the client's answer
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    out = tmp_path / "got.bin"
+    port = str(listener.getsockname()[1])
+    done = cli("run", "--log", str(program), "127.0.0.1", port, str(out), str(certs.ca))
+    server.join(TIMEOUT)
+    listener.close()
+    assert done.returncode == 3, done.stderr
+    assert got_hello == [b"hello"]
+    assert sha256(out) == hashlib.sha256(payload).hexdigest()
+    logged = [line for line in done.stderr.splitlines() if line.startswith("ossl_ktls: ")]
+    assert len(logged) == 1, done.stderr
+    if expect_kernel("tx", "1.3", "aes-256-gcm"):
+        rx = "kernel" if expect_kernel("rx", "1.3", "aes-256-gcm") and can_rekey else "user space"
+        assert logged[0].startswith(f"ossl_ktls: kernel TLS 1.3 aes-256-gcm: TX kernel, RX {rx}")
+    else:
+        assert logged[0].startswith("ossl_ktls: stays in user space: "), logged

@@ -7,6 +7,7 @@ Commands::
     ossl-ktls recv HOST:PORT [-o FILE] [TLS options] [--json]
     ossl-ktls serve [--cert C [--key K]] [--host H] [--port P] [TLS options] ROOT
     ossl-ktls stats [--watch [SEC]] [--count N] [--json]
+    ossl-ktls run [--log] (SCRIPT | -m MODULE) [ARGS...]
 
 Every command that moves data ends with one summary line on stdout: bytes, seconds,
 throughput, TLS version, cipher, and whether kernel TLS carries TX and RX (and why not,
@@ -34,6 +35,7 @@ from collections.abc import Sequence
 from .. import __version__
 from .._linux_tls import Capabilities, probe
 from .._suites import SUITES
+from . import _run
 from ._output import (
     DEFAULT_CIPHERS,
     PROG,
@@ -321,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N samples")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_stats)
+
+    _run.add_parser(sub)
     return parser
 
 
