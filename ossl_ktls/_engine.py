@@ -224,6 +224,11 @@ class Engine:
         # TLS 1.2: answer the peer's close_notify with ours at once (RFC 5246 7.2.1). A
         # pyOpenSSL-style façade leaves it to the caller's shutdown(), as OpenSSL does.
         self.answer_close_notify = True
+        # User-space RX: read the socket one record at a time (never past the record being
+        # decrypted), so that what is not yet read stays visible to select/epoll, as with
+        # OpenSSL on a socket. A pyOpenSSL-style façade needs it; the others read in large
+        # chunks and report what they hold (has_buffered_input).
+        self.rx_record_at_a_time = False
         self.scratch = bytearray(MAX_RECORD + 256)
 
     def __repr__(self) -> str:

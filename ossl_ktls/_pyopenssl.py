@@ -156,6 +156,18 @@ class Connection(SSL.Connection):
             return self._ktls.fallback_reason
         return self._ktls_reason
 
+    @property
+    def tx_record_limit(self) -> int:
+        """The most plaintext one record we send may carry (2^14 unless the peer asked for
+        less)."""
+        return self._ktls.tx_record_limit if self._ktls is not None else 16384
+
+    def note_records_sent(self, records: int) -> None:
+        """Count records the kernel sent from this socket outside this object (a caller's
+        own ``os.sendfile`` on the descriptor), for the automatic TLS 1.3 KeyUpdate."""
+        if self._ktls is not None:
+            self._ktls.tx.note_records(records)
+
     def _ktls_hand_over(self) -> None:
         """After a call that needed the completed handshake: hand over, once."""
         if self._ktls_decided:
@@ -171,6 +183,7 @@ class Connection(SSL.Connection):
         else:
             self._ktls = outcome
             outcome.answer_close_notify = False  # shutdown() is the caller's, as in OpenSSL
+            outcome.rx_record_at_a_time = True  # unread records stay visible to epoll
             log.info(
                 "kernel TLS %s %s: TX %s, RX %s%s",
                 outcome.version,

@@ -173,6 +173,7 @@ class UserRx:
         self._e = engine
         self._sock = engine.sock
         self._end: str | Error | None = None
+        self._splitter: _records.RecordSplitter | None = None
 
     def recv_into(self, view: memoryview) -> int:
         e = self._e
@@ -185,10 +186,15 @@ class UserRx:
                 return n
             if self._end is not None:
                 return self._finish()
+            size = self._read_size()
             try:
-                chunk = self._sock.recv(READ_CHUNK)
+                chunk = self._sock.recv(size)
             except OSError as exc:
                 raise e.os_error(exc, "receive") from exc
+            if self._splitter is not None:
+                self._splitter.feed(chunk)
+                while self._splitter.next_record() is not None:
+                    pass
             with e.ssl_lock:
                 if not chunk:
                     BaseConnection.bio_shutdown(e.conn)
@@ -197,6 +203,20 @@ class UserRx:
 
     def has_buffered_end(self) -> bool:
         return self._end is not None
+
+    def _read_size(self) -> int:
+        """How much to read from the socket: a large chunk, or (``rx_record_at_a_time``)
+        what completes the current record header or body."""
+        if not self._e.rx_record_at_a_time:
+            return READ_CHUNK
+        if self._splitter is None:
+            self._splitter = _records.RecordSplitter(tls13=self._e.version == "1.3")
+        try:
+            return self._splitter.need()
+        except Error:
+            # Not a record header: let OpenSSL read it and report it in its own words.
+            self._e.rx_record_at_a_time = False
+            return READ_CHUNK
 
     def drain_once(self, buf: memoryview) -> int:
         return self._sock.recv_into(buf)

@@ -352,3 +352,42 @@ def test_patch_serves_module_lookups(
     assert (tested.ktls_tx, tested.ktls_rx) == _expected(expect_kernel, can_rekey, "1.3")
     tested.close()
     peer.close()
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_select_sees_what_is_not_read_yet(
+    certs: Certs, version: str, expect_kernel: Callable[[str, str, str], bool], can_rekey: bool
+) -> None:
+    """An event loop reads only when select() says readable (as pyftpdlib does). The peer
+    sends 16 small records and its close_notify back to back; reading 64 KiB per readable
+    event must reach ZeroReturnError. (User-space RX that read the socket in large chunks
+    took the close_notify off the socket with the data: select never fired again.)"""
+
+    def peer_script(peer: SSL.Connection) -> bytes:
+        peer.do_handshake()
+        got = peer.recv(2)
+        for i in range(16):
+            peer.sendall(bytes([i]) * 1000)
+        peer.shutdown()
+        return got
+
+    def script(run: Run, c: SSL.Connection) -> None:
+        run.call("do_handshake", c.do_handshake)
+        run.call("send", lambda: c.send(b"go"))
+        c.setblocking(False)
+        got = bytearray()
+        while True:
+            readable, _, _ = select.select([c], [], [], 30.0)
+            if not readable:
+                run.transcript.append(("select timed out", len(got)))
+                return
+            try:
+                got += c.recv(65536)
+            except SSL.WantReadError:
+                continue
+            except SSL.ZeroReturnError:
+                run.transcript.append(("end", _digest(bytes(got))))
+                return
+
+    _, ours = _differential(certs, version, script, peer_script)
+    assert ours.ktls == _expected(expect_kernel, can_rekey, version), ours.reason
