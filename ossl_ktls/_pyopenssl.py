@@ -353,6 +353,16 @@ class Connection(SSL.Connection):
                 pass  # application data after our close_notify is dropped, as OpenSSL does
         return True
 
+    def close(self) -> None:
+        """Close the socket, as pyOpenSSL's ``close`` (its socket's) does; after the
+        hand-over, key material kept for rekeying is wiped first."""
+        if self._socket is None:  # as pyOpenSSL's __getattr__ answers for memory BIOs
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute 'close'")
+        engine = self._ktls
+        if engine is not None:
+            engine.wipe()
+        self._socket.close()
+
     def get_shutdown(self) -> int:
         engine = self._ktls
         if engine is None:

@@ -391,3 +391,22 @@ def test_select_sees_what_is_not_read_yet(
 
     _, ours = _differential(certs, version, script, peer_script)
     assert ours.ktls == _expected(expect_kernel, can_rekey, version), ours.reason
+
+
+def test_close_wipes_what_was_kept(certs: Certs, can_rekey: bool) -> None:
+    """TLS 1.3 secrets are kept for rekeying only where the kernel carries a direction and
+    can rekey; close() (pyOpenSSL's: the socket's) zeroes those buffers first."""
+    tested, peer = _pair(ossl_ktls.Connection, certs, "1.3", client_side=True)
+    worker = Peer(peer.do_handshake)
+    tested.do_handshake()
+    worker.result()
+    assert isinstance(tested, ossl_ktls.Connection)
+    engine = tested._ktls
+    kept = engine.secrets.buffers() if engine is not None and engine.secrets else []
+    in_kernel = tested.ktls_tx or tested.ktls_rx
+    assert len(kept) == (2 if in_kernel and can_rekey else 0)
+    assert all(any(buf) for buf in kept)
+    tested.close()
+    assert not any(any(buf) for buf in kept)
+    assert tested.fileno() == -1
+    peer.close()
