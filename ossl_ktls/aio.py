@@ -777,7 +777,7 @@ class KTLSTransport(transports._FlowControlMixin):
             self._pump()
 
     def abort(self) -> None:
-        """Close now: queued data is dropped and no close_notify is sent."""
+        """Close now: queued data is dropped, no close_notify is sent (the peer sees a reset)."""
         self._force_close(None)
 
     def _finish(self) -> None:
@@ -800,7 +800,7 @@ class KTLSTransport(transports._FlowControlMixin):
         self._wbuf.clear()
         if self._sock is not None:
             self._sock.abandon()
-        self._close_k()
+        self._close_k(orderly=False)
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
@@ -810,9 +810,15 @@ class KTLSTransport(transports._FlowControlMixin):
             self._protocol_error(exc, message)
         self._force_close(exc)
 
-    def _close_k(self) -> None:
+    def _close_k(self, *, orderly: bool = True) -> None:
+        # KTLSConnection.close() would wait (up to 30 s) for user-space ciphertext still
+        # queued: never on the event loop. What cannot go now is given up with a reset,
+        # as after abort() or a fatal error, which must not end in close_notify either.
         try:
-            self._k.close()
+            if orderly and not self._k.tx_backlog:
+                self._k.close()
+            else:
+                self._k.abort()
         except Exception:
             _logger.debug("%r: KTLSConnection.close() failed", self, exc_info=True)
         if self._sock is not None:
