@@ -20,6 +20,7 @@ from typing import Any
 from OpenSSL import SSL
 
 import ossl_ktls
+from ossl_ktls import _linux_tls
 
 PATCH = os.environ["OSSL_KTLS_THIRDPARTY_PATCH"] == "1"
 REPORT = os.environ["OSSL_KTLS_THIRDPARTY_REPORT"]
@@ -49,7 +50,12 @@ _decide = ossl_ktls.Connection._ktls_hand_over
 
 def _observed(self: ossl_ktls.Connection) -> None:
     before = self._ktls_decided
-    _decide(self)
+    try:
+        _decide(self)
+    except BaseException as exc:
+        with _lock:
+            _handovers.append({"tx": None, "rx": None, "reason": None, "error": repr(exc)})
+        raise
     if not before and self._ktls_decided:
         with _lock:
             _handovers.append(
@@ -66,13 +72,24 @@ def _observed(self: ossl_ktls.Connection) -> None:
 ossl_ktls.Connection._ktls_hand_over = _observed  # type: ignore[method-assign]
 
 
+def _probe_installs() -> dict[str, int]:
+    """Contexts the capability probe installed in this process (it tries every
+    direction, version and cipher once on a scratch socket): they count in tls_stat too."""
+    if not _linux_tls.probe.cache_info().currsize:
+        return {"tx": 0, "rx": 0}
+    caps = _linux_tls.probe()
+    return {"tx": sum(map(len, caps.tx.values())), "rx": sum(map(len, caps.rx.values()))}
+
+
 def pytest_unconfigure() -> None:
+    probe = _probe_installs()
     with _lock:
         data = {
             "patched": PATCH,
             "class_at_start": _class_at_start,
             "class_at_end": f"{SSL.Connection.__module__}.{SSL.Connection.__qualname__}",
             "handovers": list(_handovers),
+            "probe_installs": probe,
             "log": list(_log),
         }
     with open(REPORT, "w") as f:
