@@ -70,6 +70,11 @@ def guest_env(series: str, extra: list[str]) -> dict[str, str]:
             raise SystemExit(f"vm: --env wants NAME=VALUE, got {item!r}")
         env[key] = value
     env.pop("OSSL_KTLS_KERNEL_CACHE", None)
+    # The guest's HOME is its own /tmp, and it has no network: the third-party sdists
+    # (interop/thirdparty.py) are read from the host's cache, which it sees read-only.
+    env.setdefault(
+        "OSSL_KTLS_THIRDPARTY_CACHE", os.path.expanduser("~/.cache/ossl-ktls/thirdparty")
+    )
     return env
 
 
