@@ -71,3 +71,38 @@ def test_verify_download(tmp_path: Path) -> None:
     assert verify_download({"returncode": 0, "out": "999"}, got, 1000, sha)
     assert verify_download(ok, None, 1000, sha)
     assert verify_download(ok, got, 1000, "0" * 64)
+
+
+def _sample(variant: str, rep: int, seconds: float, cpu_s: float, **over: Any) -> dict[str, Any]:
+    sample = _ktls() if variant == "ftps_ktls" else _ktls(ktls_tx=False, sendfile_bytes=0)
+    sample.update(part="ftps", suite="tls13-aes128gcm", size=SIZE, variant=variant, rep=rep)
+    sample.update(bytes=SIZE, seconds=seconds, cpu_s=cpu_s, user_ticks=1, sys_ticks=1)
+    sample.update(client_cpu_s=0.01, sha256_ok=True, cipher="TLS_AES_128_GCM_SHA256")
+    return {**sample, **over}
+
+
+def test_ftps_summary_ratios_are_pairwise_and_skip_unverified_pairs() -> None:
+    from bench.report import Results, ftps_summary
+
+    samples = [
+        _sample("ftps_stock", 0, 2.0, 1.0),
+        _sample("ftps_ktls", 0, 1.0, 0.5),
+        _sample("ftps_stock", 1, 4.0, 2.0),
+        _sample("ftps_ktls", 1, 1.0, 0.5),
+        _sample("ftps_stock", 2, 1.0, 1.0),
+        _sample("ftps_ktls", 2, 9.0, 9.0, status="unavailable", reason="user space"),
+    ]
+    raw = {"environment": {}, "plan": {}, "samples": samples}
+    out = ftps_summary(Results(raw))
+    assert out["throughput_ratio"]["n"] == 2  # the unverified pair counts nowhere
+    assert out["throughput_ratio"]["min"] == 2.0 and out["throughput_ratio"]["max"] == 4.0
+    assert out["cpu_ratio"]["median"] == 0.375  # (0.5 and 0.25) per GiB, pair by pair
+    ktls = next(e for e in out["rows"] if e["variant"] == "ftps_ktls")
+    assert ktls["not_counted"] == ["unavailable: user space"]
+    everything_unverified = [s for s in samples if s["variant"] == "ftps_stock"] + [
+        {**s, "status": "unavailable", "reason": "user space"}
+        for s in samples
+        if s["variant"] == "ftps_ktls"
+    ]
+    out = ftps_summary(Results({**raw, "samples": everything_unverified}))
+    assert "unavailable" in out and "throughput_ratio" not in out
