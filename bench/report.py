@@ -408,8 +408,85 @@ def targets(r: Results) -> list[Json]:
     return out
 
 
+#: The FTPS scenario's variants (bench/ftps.py) and what the report calls them.
+FTPS_LABELS = {
+    "ftps_stock": "stock pyftpdlib (TLS_FTPHandler)",
+    "ftps_ktls": "ossl_ktls (KTLS_FTPHandler)",
+}
+FTPS_NOTES = {
+    "ftps_stock": "pyOpenSSL in user space; pyftpdlib sends 64 KiB chunks through SSL_write",
+    "ftps_ktls": "kernel TX; pyftpdlib's own os.sendfile loop (64 KiB per call)",
+}
+
+
+def ftps_where(r: Results) -> tuple[str, int] | None:
+    """(suite, size) of the FTPS samples, if the run has any."""
+    keys = sorted(k for k in (*r.groups, *r.failures) if k[0] == "ftps")
+    return (keys[0][1], keys[0][2]) if keys else None
+
+
+def client_cpu_per_gib(s: Json) -> float | None:
+    """The FTPS client's (curl's) CPU seconds per GiB."""
+    c = s.get("client_cpu_s")
+    return c / (s["bytes"] / GiB) if c is not None and s.get("bytes") else None
+
+
+def ftps_summary(r: Results) -> Json:
+    """Both FTPS variants and the pairwise ossl_ktls / stock ratios (verified pairs only)."""
+    where = ftps_where(r)
+    if where is None:
+        return {}
+    suite, size = where
+    rows: list[Json] = []
+    for v, label in FTPS_LABELS.items():
+        entry: Json = {"variant": v, "label": label, "note": FTPS_NOTES[v]}
+        fails = r.failures.get(("ftps", suite, size, v), [])
+        entry["not_counted"] = [f"{f['status']}: {f.get('reason', '')}"[:300] for f in fails]
+        why = r.unavailable("ftps", suite, size, v)
+        ss = r.samples("ftps", suite, size, v)
+        if why or not ss:
+            entry["unavailable"] = why or "not measured"
+            rows.append(entry)
+            continue
+        tp = r.stat("ftps", suite, size, v, throughput)
+        cpu = r.stat("ftps", suite, size, v, cpu_per_gib)
+        client = r.stat("ftps", suite, size, v, client_cpu_per_gib)
+        entry.update(
+            {
+                "pairs_counted": len(ss),
+                "throughput_mib_s": tp.as_json() if tp else None,
+                "cpu_s_per_gib": cpu.as_json() if cpu else None,
+                "client_cpu_s_per_gib": client.as_json() if client else None,
+                "user_share": r.pooled_user_share("ftps", suite, size, v),
+                "kernel_tx": all(s.get("ktls_tx") for s in ss),
+                "control_kernel_tx": all(s.get("control_ktls_tx") for s in ss),
+                "sendfile_bytes_min": min(int(s.get("sendfile_bytes", 0)) for s in ss),
+                "tls_tx_sw_delta": sorted({s.get("tls_tx_sw_delta") for s in ss}, key=str),
+                "negotiated": sorted({f"{s.get('tls_version')} {s.get('cipher')}" for s in ss}),
+                "sha256_checked": sum(1 for s in ss if s.get("sha256_ok")),
+                "client": sorted({str(s.get("client")) for s in ss}),
+            }
+        )
+        rows.append(entry)
+    out: Json = {"suite": suite, "size": size, "rows": rows}
+    if all("unavailable" not in e for e in rows):
+        t = r.ratio("ftps", suite, size, "ftps_ktls", "ftps_stock", throughput)
+        c = r.ratio("ftps", suite, size, "ftps_ktls", "ftps_stock", cpu_per_gib)
+        out["throughput_ratio"] = t.as_json() if t else None
+        out["cpu_ratio"] = c.as_json() if c else None
+    else:
+        out["unavailable"] = "; ".join(
+            f"{e['label']}: {e['unavailable']}" for e in rows if "unavailable" in e
+        )
+    profs = [s for g in r.groups.values() for s in g.values() if s["part"] == "ftps_prof"]
+    if profs and profs[0].get("profile"):
+        out["profile"] = {"top": profs[0].get("profile_top", []), "text": profs[0]["profile"]}
+    return out
+
+
 def summarize(r: Results) -> Json:
     summary: Json = {"bulk": {}, "rr": {}, "conn": {}, "conc": {}, "targets": targets(r)}
+    summary["ftps"] = ftps_summary(r)
     for part in ("tx", "rx"):
         for suite in r.suites():
             for size in r.sizes(part):
@@ -843,9 +920,10 @@ def _st(j: Json | None) -> Stat | None:
     return None if j is None else Stat(j["median"], j["min"], j["max"], j["n"])
 
 
-def headline(r: Results) -> list[str]:
+def headline(r: Results, ftps: Json | None = None) -> list[str]:
     """The ratios the README may quote: ossl_ktls against each alternative."""
     rows = []
+    ftps = ftps or {}
     for suite in r.suites():
         label = SUITES[suite].label
         for part, what in (("tx", "sendfile, sender"), ("rx", "recv_into, receiver")):
@@ -877,6 +955,21 @@ def headline(r: Results) -> list[str]:
             cpu = r.ratio(part, suite, size, ours, ref, cpu_per_op_us)
             if rt is not None:
                 rows.append([label, what, VARIANTS[ref].label, fmt_ratio(rt), fmt_ratio(cpu)])
+        if ftps.get("suite") == suite:
+            what = f"pyftpdlib FTPS RETR, {size_label(ftps['size'])} (server)"
+            against = FTPS_LABELS["ftps_stock"]
+            if "unavailable" in ftps:
+                rows.append([label, what, against, ftps["unavailable"], "-"])
+            else:
+                rows.append(
+                    [
+                        label,
+                        what,
+                        against,
+                        fmt_ratio(_st(ftps.get("throughput_ratio"))),
+                        fmt_ratio(_st(ftps.get("cpu_ratio"))),
+                    ]
+                )
     if not rows:
         return ["No kernel TLS rows were measured in this run."]
     return table(["suite", "ossl_ktls", "against", "throughput / rate ratio", "CPU ratio"], rows)
@@ -912,7 +1005,7 @@ def markdown(raw: Json, r: Results, summary: Json, pngs: list[tuple[str, str]]) 
         "transfer size of the run. Throughput: higher is better; CPU per GiB: lower is better.",
         "",
     ]
-    lines += headline(r)
+    lines += headline(r, summary.get("ftps"))
     lines += ["", "### Targets", ""]
     trow = []
     for t in summary["targets"]:
@@ -1092,6 +1185,7 @@ def markdown(raw: Json, r: Results, summary: Json, pngs: list[tuple[str, str]]) 
                 lines += ["", f"![{caption}]({name})"]
     else:
         lines += ["Not measured in this run. " + " ".join(raw.get("notes", []))]
+    lines += ftps_section(summary.get("ftps") or {})
     profs = [s for s in raw["samples"] if s["part"] == "prof" and s.get("profile")]
     if profs:
         lines += [
@@ -1170,6 +1264,130 @@ def markdown(raw: Json, r: Results, summary: Json, pngs: list[tuple[str, str]]) 
     for note in raw.get("notes", []):
         lines += ["", f"Note: {note}"]
     return "\n".join(lines) + "\n"
+
+
+def profile_total_s(text: str) -> float | None:
+    """The total of a pstats listing's first line ("N function calls in X seconds")."""
+    for line in text.splitlines():
+        words = line.split()
+        if "calls" in words and "in" in words and words[-1] == "seconds":
+            try:
+                return float(words[-2])
+            except ValueError:
+                return None
+    return None
+
+
+def ftps_section(ftps: Json) -> list[str]:
+    """The FTPS scenario: setup, both variants, the ratios, what was verified, the profile."""
+    lines = ["", "## FTPS: pyftpdlib RETR", ""]
+    if not ftps:
+        return [*lines, "Not measured in this run."]
+    size = size_label(ftps["size"])
+    lines += [
+        f"One FTPS session per sample: explicit FTPS (AUTH TLS, PROT P), login, one RETR of "
+        f"a {size} file, QUIT. The server is pyftpdlib 2.x in its own event loop, in the "
+        "measured worker process, with either pyftpdlib's own `TLS_FTPHandler` (pyOpenSSL in "
+        "user space; pyftpdlib never uses sendfile for TLS) or "
+        "`ossl_ktls.contrib.pyftpdlib.KTLS_FTPHandler` (kernel TX, and pyftpdlib's own "
+        "`os.sendfile` loop turned back on). Both get a Context offering only "
+        f"{SUITES[ftps['suite']].label}. The client is `curl --ssl-reqd --tls13-ciphers "
+        "TLS_AES_128_GCM_SHA256`, another process, writing to a file on the guest's tmpfs; "
+        "every download is checked for size and SHA-256 against the payload. curl rather "
+        "than `ftplib.FTP_TLS`: it costs less client CPU (on the host, one 64 MiB RETR from "
+        "stock pyftpdlib: 0.11-0.14 s for curl against 0.15-0.16 s for ftplib), so it takes "
+        "less of the two (emulated) CPUs the server competes for. The server measures itself "
+        "(/proc/self/schedstat and /proc/self/stat) from the moment the file can go out (RETR "
+        "received *and* the data connection's handshake done) to the client's QUIT, which "
+        "curl sends after the last byte and the 226 reply: handshakes and login are not "
+        "counted. After one unrecorded warm-up of each, the two variants run back to back, "
+        "in an order rotated from one pair to the next; ratios are ossl_ktls over stock, "
+        "pair by pair.",
+        "",
+        "An ossl_ktls sample counts only if the data connection reported kernel TX, "
+        "pyftpdlib's `os.sendfile` moved every byte of the file (counted in the server), and "
+        "/proc/net/tls_stat `TlsTxSw` grew during the session by at least one per "
+        "connection that reported kernel TX (control and data); otherwise it is "
+        "*unavailable* and no ratio uses it. A stock sample that used sendfile or kernel TX "
+        "would be an error.",
+        "",
+    ]
+    body = []
+    for e in ftps["rows"]:
+        if "unavailable" in e:
+            body.append([e["label"], e["unavailable"], "", "", "", "", ""])
+            continue
+        deltas = "/".join(map(str, e["tls_tx_sw_delta"]))
+        verified = (
+            f"data TX in kernel: {'yes' if e['kernel_tx'] else 'no'}; os.sendfile "
+            f"≥ {e['sendfile_bytes_min']} bytes; TlsTxSw +{deltas}"
+        )
+        body.append(
+            [
+                e["label"],
+                fmt_stat(_st(e["throughput_mib_s"]), 1),
+                fmt_stat(_st(e["cpu_s_per_gib"])),
+                pct(e["user_share"]),
+                fmt_stat(_st(e["client_cpu_s_per_gib"])),
+                ", ".join(e["negotiated"]),
+                f"{verified}; SHA-256 ok {e['sha256_checked']}/{e['pairs_counted']}",
+            ]
+        )
+    lines += table(
+        [
+            "server",
+            "MiB/s",
+            "server CPU s/GiB",
+            "user share",
+            "client (curl) CPU s/GiB",
+            "negotiated",
+            "checked",
+        ],
+        body,
+    )
+    lines.append("")
+    if "unavailable" in ftps:
+        lines.append(f"No ratio: {ftps['unavailable']}.")
+    else:
+        t, c = _st(ftps.get("throughput_ratio")), _st(ftps.get("cpu_ratio"))
+        lines.append(
+            f"**ossl_ktls / stock, pair by pair ({t.n if t else 0} pairs):** throughput "
+            f"{fmt_ratio(t)}, server CPU per GiB {fmt_ratio(c)}."
+        )
+    skipped = [x for e in ftps["rows"] for x in e.get("not_counted", [])]
+    if skipped:
+        lines += ["", "Samples not counted: " + "; ".join(sorted(set(skipped))) + "."]
+    prof = ftps.get("profile")
+    if prof:
+        total = profile_total_s(prof["text"])
+        rows = [
+            [
+                f"`{p['function']}`",
+                str(p["ncalls"]),
+                pct(p["cumtime"] / total) if total else "-",
+                pct(p["tottime"] / total) if total else "-",
+            ]
+            for p in prof["top"]
+        ]
+        lines += [
+            "",
+            f"**Where the ossl_ktls server's time goes.** cProfile of one more ossl_ktls RETR "
+            f"({size}; the same window as above, not used for any figure). Shares of the "
+            "profiled time; the profiler inflates Python calls, so the split is the point, "
+            "not the times. `posix.sendfile` is kernel time (reading the page cache, "
+            "encrypting, queueing on the socket).",
+            "",
+            *table(["function (top by cumulative time)", "calls", "cumulative", "own"], rows),
+            "",
+            "<details><summary>The full listing</summary>",
+            "",
+            "```",
+            prof["text"],
+            "```",
+            "",
+            "</details>",
+        ]
+    return lines
 
 
 def write(raw: Json, out: Path) -> None:

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import os
 import platform
 import re
+import resource
 import select
 import shutil
 import signal
@@ -58,6 +60,8 @@ from bench.common import (
     pyopenssl_context,
     write_ktls_conf,
 )
+from bench.ftps import VARIANTS as FTPS_VARIANTS
+from bench.ftps import curl_argv
 from ossl_ktls.cli import read_tls_stat
 
 Json = dict[str, Any]
@@ -68,7 +72,7 @@ TX_VARIANTS = [k for k, v in VARIANTS.items() if v.part == "tx"]
 RX_VARIANTS = [k for k, v in VARIANTS.items() if v.part == "rx"]
 RR_VARIANTS = [k for k, v in VARIANTS.items() if v.part == "rr"]
 CONN_VARIANTS = [k for k, v in VARIANTS.items() if v.part == "conn"]
-PARTS = ("tx", "rx", "rr", "conn", "anchor", "conc", "prof")
+PARTS = ("tx", "rx", "rr", "conn", "anchor", "ftps", "conc", "prof")
 ANCHOR_VARIANTS = ["ktls_sendfile", "openssl_c_ktls", "pyopenssl_sendall"]
 
 
@@ -97,6 +101,10 @@ class Plan:
     #: Extra back-to-back triples (ossl_ktls sendfile, OpenSSL C kTLS sendfile, pyOpenSSL)
     #: at the largest TX size: the targets' pairs, repeated more than the full matrix.
     anchor_pairs: int = 8
+    #: pyftpdlib FTPS: pairs of one RETR each (stock handlers, ossl_ktls's), order rotated.
+    ftps_pairs: int = 5
+    ftps_size: int = 16 * MiB
+    ftps_suite: str = "tls13-aes128gcm"
 
 
 def make_plan(profile: str) -> Plan:
@@ -104,7 +112,8 @@ def make_plan(profile: str) -> Plan:
     if profile == "quick":
         return Plan(
             "quick", 1, [1 * MiB], [1 * MiB], suites, list(PARTS), 0.5, conn_seconds=1.0,
-            conc_levels=[1, 8], conc_size=1 * MiB, conc_reps=1,
+            conc_levels=[1, 8], conc_size=1 * MiB, conc_reps=1, ftps_pairs=1,
+            ftps_size=1 * MiB,
         )  # fmt: skip
     if profile == "tcg":
         # Sized for a ~10 minute run on a quiet 2-core host (TCG moves 5-30 MiB/s): the
@@ -464,6 +473,7 @@ class Bench:
         self.ktls_conf = write_ktls_conf(self.tmp / "openssl-ktls.cnf")
         self.log_file = open(self.tmp / "openssl.log", "ab")  # noqa: SIM115
         sizes = set(plan.tx_sizes) | set(plan.rx_sizes) | {plan.conc_size, plan.warmup_size}
+        sizes.add(plan.ftps_size)
         sizes.discard(0)
         for size in sorted(sizes):
             self._write_payload(size)
@@ -476,6 +486,7 @@ class Bench:
         self.b: Worker | None = None
         self.started = time.monotonic()
         self.checkpoint: Callable[[], object] | None = None
+        self._sha: dict[int, str] = {}
 
     def _write_payload(self, size: int) -> None:
         with open(self.payload_dir / f"payload-{size}", "wb") as f:
@@ -642,6 +653,9 @@ class Bench:
                 self.save()
             for server in servers.values():
                 server.stop()
+            if "ftps" in plan.parts and "ftps" not in done and plan.ftps_pairs:
+                self.ftps()
+                self.save()
             if "prof" in plan.parts and "prof" not in done:
                 self.profiles()
                 self.save()
@@ -653,6 +667,80 @@ class Bench:
                 server.stop()
             for serve in serves.values():
                 serve.stop()
+
+    def ftps(self) -> None:
+        """pyftpdlib FTPS, one RETR per sample: stock handlers against ossl_ktls's.
+
+        One unrecorded warm-up per variant, then ``ftps_pairs`` pairs in rotated order,
+        then one profiled ossl_ktls RETR (part ``ftps_prof``, not used for figures).
+        """
+        plan = self.plan
+        if shutil.which("curl") is None:
+            self.notes.append("FTPS skipped: curl is not installed")
+            return
+        log(f"pyftpdlib FTPS: {plan.ftps_pairs} pairs of {plan.ftps_size // MiB} MiB RETRs")
+        variants = list(FTPS_VARIANTS)
+        for variant in variants:
+            self.ftps_sample(-1, variant)
+        for i in range(plan.ftps_pairs):
+            for variant in rotated(variants, i):
+                self.ftps_sample(i, variant)
+        self.ftps_sample(0, "ftps_ktls", part="ftps_prof", profile=True)
+
+    def ftps_sample(
+        self, rep: int, variant: str, part: str = "ftps", profile: bool = False
+    ) -> None:
+        suite, size = self.plan.ftps_suite, self.plan.ftps_size
+        base = {"part": part, "suite": suite, "size": size, "variant": variant, "rep": rep}
+        a, _ = self.workers()
+        port = free_port()
+        got = self.tmp / "ftps-download"
+        argv = curl_argv(port, f"payload-{size}", str(got), SUITES[suite].openssl_name)
+        cmd = {"op": "ftps_server", "variant": variant, "suite": suite, "size": size}
+        cmd.update({"port": port, "profile": profile})
+        try:
+            a.send(cmd)
+            deadline = time.monotonic() + 120
+            while not listening(port):
+                if time.monotonic() > deadline or a.proc.poll() is not None:
+                    raise WorkerDied(f"the FTPS server did not listen on port {port}")
+                time.sleep(0.02)
+            usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            try:
+                done = subprocess.run(
+                    argv, capture_output=True, text=True, timeout=IO_TIMEOUT, check=False
+                )
+                client: Json = {"returncode": done.returncode, "out": done.stdout.strip()}
+                client["stderr"] = done.stderr.strip()[-300:]
+            except subprocess.TimeoutExpired:
+                client = {"returncode": None, "out": "", "stderr": "curl timed out"}
+            usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if client["returncode"] != 0:
+                # The server waits for a session to end: give it one if curl never came.
+                with contextlib.suppress(OSError):
+                    socket.create_connection((HOST, port), timeout=5).close()
+            result = a.read(IO_TIMEOUT + 60)
+        except WorkerDied as exc:
+            self.restart_workers()
+            self.record(base, {"status": "error", "reason": str(exc)})
+            return
+        client_cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+        result["client"] = "curl"
+        result["client_cpu_s"] = client_cpu
+        if result.get("status") == "ok":
+            problem = verify_download(client, got if got.exists() else None, size, self.sha(size))
+            if problem:
+                result = {**result, "status": "error", "reason": problem}
+            else:
+                result["sha256_ok"] = True
+        with contextlib.suppress(FileNotFoundError):
+            got.unlink()
+        self.record(base, result)
+
+    def sha(self, size: int) -> str:
+        if size not in self._sha:
+            self._sha[size] = sha256_file(self.payload_dir / f"payload-{size}")
+        return self._sha[size]
 
     def profiles(self) -> None:
         """cProfile of ossl_ktls's own Python code: a sendfile transfer, and wrap()."""
@@ -836,6 +924,29 @@ class Bench:
                 serve.stop()
 
 
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_download(client: Json, got: Path | None, size: int, sha256: str) -> str | None:
+    """Why curl's download of the *size*-byte payload is not byte-exact, or None."""
+    if client.get("returncode") != 0:
+        return f"curl failed ({client.get('returncode')}): {client.get('stderr', '')}"
+    if client.get("out") != str(size):
+        return f"curl reports {client.get('out')!r} bytes downloaded, expected {size}"
+    if got is None:
+        return "curl wrote no file"
+    if got.stat().st_size != size:
+        return f"the downloaded file has {got.stat().st_size} bytes, expected {size}"
+    if sha256_file(got) != sha256:
+        return "the downloaded file's SHA-256 differs from the payload's"
+    return None
+
+
 def _has_serve() -> bool:
     try:
         from ossl_ktls import cli
@@ -881,7 +992,7 @@ def measure(args: argparse.Namespace) -> Json:
         reps = {s["rep"] for s in bench.samples if s["part"] in ("tx", "rx", "rr", "conn")}
         first_rep = len(reps)
         done = frozenset(
-            s["part"] for s in bench.samples if s["part"] in ("anchor", "prof", "conc")
+            s["part"] for s in bench.samples if s["part"] in ("anchor", "ftps", "prof", "conc")
         )
         spent = float(previous.get("duration_s", 0.0))
         log(f"resuming {args.resume}: repetition {first_rep + 1} on, done: {sorted(done)}")

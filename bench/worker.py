@@ -21,6 +21,8 @@ each with one JSON line on stdout (nothing else goes to stdout). Commands (``op`
 ``conn_client``   measured: connections for ``seconds``, timing handshake and ``wrap()``.
 ``http_many``     ``n`` simultaneous GETs to ``ossl_ktls serve`` (handshakes first, then all
                   transfers at once); measures the server process (``pid``).
+``ftps_server``   measured: pyftpdlib FTPS on ``port`` (stock or ossl_ktls handlers) for one
+                  client session; measures one RETR of ``payload-<size>`` (:mod:`bench.ftps`).
 ``quit``          exit.
 
 Every answer has ``status``: ``ok``, ``unavailable`` (with ``reason``: the path under test
@@ -260,6 +262,7 @@ class Worker:
             "conn_server": self.op_conn_server,
             "conn_client": self.op_conn_client,
             "http_many": self.op_http_many,
+            "ftps_server": self.op_ftps_server,
         }
 
     # ------------------------------------------------------------ plumbing
@@ -776,6 +779,40 @@ class Worker:
             "bytes": size * n,
             "raw_bytes": sum(results),
         }
+
+    # ------------------------------------------------------------ FTPS
+
+    def op_ftps_server(self, cmd: Json) -> Json:
+        """One client session of pyftpdlib FTPS; the RETR inside it is measured."""
+        try:
+            from bench import ftps
+        except ImportError as exc:  # pyftpdlib missing
+            raise Unavailable(f"pyftpdlib is not installed: {exc}") from exc
+        variant: str = cmd["variant"]
+        suite = SUITES[cmd["suite"]]
+        size: int = cmd["size"]
+        ossl_ktls.probe()  # its trial sockets must not count in the TlsTxSw delta
+        # ossl_ktls's handler gets a prepared Context (what KTLS_FTPHandler would make of a
+        # fresh one); the stock handler a plain one, as pyftpdlib users have.
+        ctx = self.pyctx(suite, server=True, prepared=variant == "ftps_ktls")
+        profiler = cProfile.Profile() if cmd.get("profile") else None
+        stat0 = read_tls_stat()
+        window = ftps.serve_one_retr(
+            variant, ctx, self.payload_dir, int(cmd["port"]), self.pid, profiler
+        )
+        stat1 = read_tls_stat()
+        out = ftps.result(window, size)
+        if stat0 is not None and stat1 is not None:
+            out["tls_tx_sw_delta"] = stat1.get("TlsTxSw", 0) - stat0.get("TlsTxSw", 0)
+            out["tls_rx_sw_delta"] = stat1.get("TlsRxSw", 0) - stat0.get("TlsRxSw", 0)
+        verdict = ftps.check(variant, out, size)
+        if verdict is not None:
+            out["status"], out["reason"] = verdict
+        if profiler is not None:
+            out["profile_top"] = ftps.top_entries(profiler)
+            self.profiler = profiler
+            return self.take_profile(out)
+        return out
 
     # ------------------------------------------------------------ loop
 
