@@ -47,17 +47,19 @@ from typing import IO, TYPE_CHECKING, BinaryIO, Protocol
 
 from OpenSSL import SSL
 
+from . import _linux_tls as uapi
 from . import _openssl, _records
 from ._errors import (
     ConnectionClosed,
     Error,
+    KeyUpdateUnsupported,
     TLSAlertError,
     UsageError,
     alert_name,
     from_errno,
 )
 from ._observer import RecordObserver
-from ._wire import AlertDescription, AlertLevel
+from ._wire import AlertDescription, AlertLevel, Direction
 
 if TYPE_CHECKING:
     from ._secrets import TrafficSecrets
@@ -283,6 +285,23 @@ class Engine:
         if self.secrets is not None:
             self.secrets.wipe()
         _openssl.state_of(self.conn).wipe()
+
+    def rekey(self, direction: Direction) -> None:
+        """Move kernel *direction* to its next TLS 1.3 traffic secret (a KeyUpdate; the
+        caller checked that the secret is kept). A refusal is fatal."""
+        assert self.secrets is not None
+        self.secrets.advance(direction)
+        state = self.secrets.state(direction, 0)
+        try:
+            uapi.install(self.sock, direction, state)
+        except OSError as exc:
+            raise self.fatal(
+                KeyUpdateUnsupported(
+                    f"the kernel refused the new {direction.name} key: {exc.strerror}"
+                )
+            ) from exc
+        finally:
+            state.wipe()
 
     def half_close(self) -> None:
         """The TCP half-close after our close_notify."""

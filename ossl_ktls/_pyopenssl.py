@@ -42,7 +42,7 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi, lib
 
 from . import _openssl
-from ._engine import READ_CHUNK, Engine, nonblocking, sendfile_args
+from ._engine import MAX_RECORD, READ_CHUNK, Engine, nonblocking, sendfile_args
 from ._errors import (
     BadRecordMAC,
     ConnectionClosed,
@@ -87,9 +87,7 @@ def _reason(code: int) -> tuple[str, str, str]:
 
 def _as_pyopenssl(exc: BaseException, *, writing: bool) -> BaseException:
     """The exception pyOpenSSL would raise for what the engine raised."""
-    if isinstance(exc, (BlockingIOError, InterruptedError)):
-        return SSL.WantWriteError() if writing else SSL.WantReadError()
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, (BlockingIOError, InterruptedError, TimeoutError)):
         return SSL.WantWriteError() if writing else SSL.WantReadError()
     if isinstance(exc, TruncatedStream):
         return SSL.SysCallError(-1, "Unexpected EOF")
@@ -160,7 +158,7 @@ class Connection(SSL.Connection):
     def tx_record_limit(self) -> int:
         """The most plaintext one record we send may carry (2^14 unless the peer asked for
         less)."""
-        return self._ktls.tx_record_limit if self._ktls is not None else 16384
+        return self._ktls.tx_record_limit if self._ktls is not None else MAX_RECORD
 
     def note_records_sent(self, records: int) -> None:
         """Count records the kernel sent from this socket outside this object (a caller's

@@ -146,16 +146,7 @@ class KernelRx:
                     "(Linux 6.14+ can); wrap() without rx_without_rekey keeps RX in user space"
                 )
             )
-        e.secrets.advance(Direction.RX)
-        state = e.secrets.state(Direction.RX, 0)
-        try:
-            uapi.install(self._sock, uapi.TLS_RX, state)
-        except OSError as exc:
-            raise e.fatal(
-                KeyUpdateUnsupported(f"the kernel refused the new RX key: {exc.strerror}")
-            ) from exc
-        finally:
-            state.wipe()
+        e.rekey(Direction.RX)
         if requested:
             with e.tx_lock:
                 e.tx.answer_key_update()

@@ -112,16 +112,7 @@ class KernelTx:
         self._send_control(
             _records.CONTENT_HANDSHAKE, _records.encode_key_update(request_peer), "send KeyUpdate"
         )
-        e.secrets.advance(Direction.TX)
-        state = e.secrets.state(Direction.TX, 0)
-        try:
-            uapi.install(self._sock, uapi.TLS_TX, state)
-        except OSError as exc:
-            raise e.fatal(
-                KeyUpdateUnsupported(f"the kernel refused the new TX key: {exc.strerror}")
-            ) from exc
-        finally:
-            state.wipe()
+        e.rekey(Direction.TX)
         self._records = 0
 
     def answer_key_update(self) -> None:
