@@ -80,16 +80,22 @@ def make_context(
     return ctx
 
 
-def connected_pair(
-    client_ctx: SSL.Context, server_ctx: SSL.Context, *, handshake: bool = True
-) -> tuple[SSL.Connection, SSL.Connection]:
-    """A client and a server Connection over loopback TCP, handshake done (or not)."""
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected (client, server) pair of TCP sockets on loopback."""
     listener = socket.create_server(("127.0.0.1", 0))
     try:
         csock = socket.create_connection(listener.getsockname())
         ssock, _ = listener.accept()
     finally:
         listener.close()
+    return csock, ssock
+
+
+def connected_pair(
+    client_ctx: SSL.Context, server_ctx: SSL.Context, *, handshake: bool = True
+) -> tuple[SSL.Connection, SSL.Connection]:
+    """A client and a server Connection over loopback TCP, handshake done (or not)."""
+    csock, ssock = tcp_pair()
     # Blocking sockets: pyOpenSSL's own calls cannot wait on a socket timeout. Hangs are
     # bounded by Peer.result() and pytest-timeout instead.
     csock.setblocking(True)

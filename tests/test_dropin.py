@@ -25,7 +25,7 @@ from OpenSSL import SSL
 from OpenSSL.SSL import Connection as PyOpenSSLConnection  # bound now: never patched
 
 import ossl_ktls
-from tests._pairs import TIMEOUT, Certs, Peer, make_context
+from tests._pairs import TIMEOUT, Certs, Peer, make_context, tcp_pair
 
 CIPHER = "aes-128-gcm"
 BIG = bytes(range(256)) * 700  # 179200 bytes: many full records and a partial one
@@ -62,12 +62,7 @@ def _pair(
     cls: type[SSL.Connection], certs: Certs, version: str, *, client_side: bool
 ) -> tuple[SSL.Connection, SSL.Connection]:
     """(under test, peer) over loopback TCP, no handshake yet; the peer is pyOpenSSL's."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    try:
-        csock = socket.create_connection(listener.getsockname())
-        ssock, _ = listener.accept()
-    finally:
-        listener.close()
+    csock, ssock = tcp_pair()
     cctx = make_context(certs, server=False, version=version, cipher=CIPHER, prepare=False)
     sctx = make_context(certs, server=True, version=version, cipher=CIPHER, prepare=False)
     if client_side:
