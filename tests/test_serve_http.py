@@ -15,6 +15,7 @@ import hashlib
 import http.client
 import io
 import os
+import select
 import socket
 import ssl
 import subprocess
@@ -216,6 +217,35 @@ def test_bad_requests_get_an_error_and_the_connection_closes(
         c.close()
     event = serve.next("request")
     assert (event["status"], event["method"], event["bytes"]) == (status, "-", len(body))
+
+
+def test_a_client_still_sending_a_refused_request_reads_the_answer(
+    server: tuple[Serve, Path],
+) -> None:
+    """The server lingers after an error status: a client that keeps writing its refused
+    request after the 431 is already on its way (as an uploading client does) finishes its
+    write and then reads the answer and close_notify, never a reset. The client writes
+    100 KiB of an endless head, waits until the answer is readable, then 8 MiB more (more
+    than the socket buffers hold: without lingering the server's kernel resets the
+    connection under that write)."""
+    serve, _ = server
+    c = Client(serve)
+    try:
+        c.send(b"GET /small.txt HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * (100 << 10))
+        readable, _, _ = select.select([c.tls], [], [], TIMEOUT)
+        assert readable, "no answer to a 100 KiB head"
+        c.send(b"a" * (8 << 20))
+        got, fields, body = c.response()
+        assert (got, fields["Connection"], body) == (
+            431,
+            "close",
+            b"431 " + b"Request Header Fields Too Large\n",
+        )
+        assert c.ends_with_close_notify()
+    finally:
+        c.close()
+    event = serve.next("request")
+    assert (event["status"], event["bytes"]) == (431, len(body))
 
 
 def test_http_1_0_is_served_and_closed(server: tuple[Serve, Path]) -> None:

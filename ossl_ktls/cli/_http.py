@@ -20,8 +20,13 @@ request body (Content-Length or chunked) of up to ``MAX_DISCARDED_BODY`` bytes i
 dropped, a larger one gets 413. Malformed requests get 400 (431 once more than
 ``MAX_HEAD`` bytes of a head came without its end, 501 for a transfer coding other than
 chunked, 505 for an HTTP version other than 1.x); after an error status the connection
-closes. HTTP/1.0 clients are served, and their connection closes after each response
-(h11 keeps no HTTP/1.0 connection alive).
+closes, lingering as HTTP servers do: close_notify and the TCP half-close go out at once,
+then what the client still sends (the rest of a refused head or body) is read and dropped
+until it closes its side, stays silent for 5 s, or 30 s passed (``LINGER``, nginx's
+lingering_time and lingering_timeout). Closing over unread input would make the kernel
+answer with a reset, which can reach the client while it is still writing its request,
+before it read the error response. HTTP/1.0 clients are served, and their connection
+closes after each response (h11 keeps no HTTP/1.0 connection alive).
 
 Stopping: ``serve(stop)`` returns once *stop* is set. The listener closes first, then
 every connection's socket is shut down for reading: idle connections (waiting for the
@@ -66,6 +71,7 @@ MAX_HEAD = 16 << 10
 MAX_DISCARDED_BODY = 64 << 10
 SEND_CHUNK = 8 << 20
 STOP_GRACE = 10.0
+LINGER = (30.0, 5.0)  # after an error status: at most, and per wait (nginx's defaults)
 _DIGITS = re.compile(r"[0-9]+")
 
 
@@ -482,9 +488,12 @@ class StaticServer:
         exc: BadRequest,
         started: float,
     ) -> None:
-        """Answer a request that gets an error status; the connection then closes."""
+        """Answer a request that gets an error status; the connection then closes, after
+        lingering (the module's docstring says why)."""
         sent = self._error(k, conn, exc.status, head_only=False, close=True, extra=[])
         self._log(client, k, None, exc.status, sent, started)
+        if not self._stopping.is_set():
+            _linger(k, *LINGER)
 
     def _receive(self, k: KTLSConnection, conn: h11.Connection) -> h11.Event:
         """The next event from the client, reading from the connection as h11 needs."""
@@ -752,6 +761,22 @@ def _sendfile(k: KTLSConnection, body: FileRange) -> int:
             raise _Incomplete(f"the file ended after {sent} of {body.count} bytes")
         sent += n
     return sent
+
+
+def _linger(k: KTLSConnection, most: float, wait: float) -> None:
+    """Send close_notify and the FIN, then read and drop what the client still sends, until
+    it closes its side (or breaks it off), sends nothing for *wait* seconds, or *most*
+    seconds passed."""
+    deadline = time.monotonic() + most
+    buf = bytearray(65536)
+    try:
+        k.shutdown()
+        while (left := deadline - time.monotonic()) > 0:
+            k.settimeout(min(left, wait))
+            if k.recv_into(buf) == 0:
+                return
+    except (TimeoutError, Error, OSError, SSL.Error):
+        return
 
 
 def _check(request: Request) -> None:
