@@ -405,3 +405,134 @@ def test_close_wipes_what_was_kept(certs: Certs, can_rekey: bool) -> None:
     assert not any(any(buf) for buf in kept)
     assert tested.fileno() == -1
     peer.close()
+
+
+# A record no key opens: application data, 40 bytes of zeros (long enough for any AEAD's
+# nonce and tag in both versions).
+_BAD_RECORD = bytes([23, 3, 3, 0, 40]) + bytes(40)
+
+
+def _raw(conn: SSL.Connection) -> socket.socket:
+    """The TCP socket under *conn* (a duplicate), to write around its TLS."""
+    return socket.fromfd(conn.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+
+
+def _error_of(fn: Callable[[], Any]) -> bytes:
+    """What *fn* raised, in a transcript's words (the peer reports it as its bytes)."""
+    try:
+        fn()
+    except SSL.Error as exc:
+        return repr((type(exc).__name__, _args(exc))).encode()
+    return b"nothing raised"
+
+
+class _BioPeer:
+    """pyOpenSSL's Connection on memory BIOs, pumped over the socket of *conn* (which it
+    replaces): a peer that can be made to send a fatal alert, which pyOpenSSL has no call
+    for; OpenSSL sends one when it reads a record it cannot open."""
+
+    def __init__(self, conn: SSL.Connection) -> None:
+        self.sock = _raw(conn)
+        self.tls = PyOpenSSLConnection(conn.get_context(), None)
+        self.tls.set_accept_state()
+
+    def _out(self) -> None:
+        while True:
+            try:
+                data = self.tls.bio_read(65536)
+            except SSL.WantReadError:
+                return
+            self.sock.sendall(data)
+
+    def _in(self) -> None:
+        self._out()
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError("the tested side closed")
+        self.tls.bio_write(data)
+
+    def do_handshake(self) -> None:
+        while True:
+            try:
+                self.tls.do_handshake()
+            except SSL.WantReadError:
+                self._in()
+                continue
+            self._out()
+            return
+
+    def recv(self, n: int) -> bytes:
+        while True:
+            try:
+                return self.tls.recv(n)
+            except SSL.WantReadError:
+                self._in()
+
+    def sendall(self, data: bytes) -> None:
+        self.tls.sendall(data)
+        self._out()
+
+    def send_fatal_alert(self) -> None:
+        """bad_record_mac: OpenSSL's answer to a record it cannot open, fed to itself."""
+        self.tls.bio_write(_BAD_RECORD)
+        with contextlib.suppress(SSL.Error):
+            self.tls.recv(100)
+        self._out()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _after_an_error(run: Run, c: SSL.Connection) -> None:
+    """Handshake, ask for 6 bytes and read them, then the error and what follows it."""
+    run.call("do_handshake", c.do_handshake)
+    run.call("send", lambda: c.send(b"go"))
+    _read_exactly(run, c, 6)
+    run.call("recv at the error", lambda: c.recv(100))
+    run.call("recv again", lambda: c.recv(100))
+    run.call("send after the error", lambda: c.send(b"more"))
+    run.call("get_shutdown", c.get_shutdown)
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_a_bad_record_from_the_peer(
+    certs: Certs, version: str, expect_kernel: Callable[[str, str, str], bool], can_rekey: bool
+) -> None:
+    """After 6 good bytes the peer writes a record that does not decrypt: the read raises
+    pyOpenSSL's SSL.Error with OpenSSL's reason (bad record mac), later calls raise what
+    pyOpenSSL raises, and the peer is told with the same fatal alert."""
+
+    def peer_script(peer: SSL.Connection) -> bytes:
+        peer.do_handshake()
+        got = peer.recv(2)
+        peer.sendall(b"before")
+        raw = _raw(peer)
+        raw.sendall(_BAD_RECORD)
+        raw.close()
+        return got + _error_of(lambda: peer.recv(100))
+
+    _, ours = _differential(certs, version, _after_an_error, peer_script)
+    assert ours.ktls == _expected(expect_kernel, can_rekey, version), ours.reason
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_a_fatal_alert_from_the_peer(
+    certs: Certs, version: str, expect_kernel: Callable[[str, str, str], bool], can_rekey: bool
+) -> None:
+    """After 6 good bytes the peer sends a fatal alert (bad_record_mac): the read raises
+    SSL.Error naming the alert as OpenSSL does, and later calls raise what pyOpenSSL
+    raises."""
+
+    def peer_script(conn: SSL.Connection) -> bytes:
+        peer = _BioPeer(conn)
+        try:
+            peer.do_handshake()
+            got = peer.recv(2)
+            peer.sendall(b"before")
+            peer.send_fatal_alert()
+            return got
+        finally:
+            peer.close()
+
+    _, ours = _differential(certs, version, _after_an_error, peer_script)
+    assert ours.ktls == _expected(expect_kernel, can_rekey, version), ours.reason
