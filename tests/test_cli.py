@@ -572,14 +572,21 @@ sys.exit(3)
 '''
 
 
+@pytest.mark.parametrize("form", ["script", "module"])
 def test_run_patches_an_unmodified_program(
-    certs: Certs, tmp_path: Path, payload_file: Path, expect_kernel: ExpectKernel, can_rekey: bool
+    certs: Certs,
+    tmp_path: Path,
+    payload_file: Path,
+    expect_kernel: ExpectKernel,
+    can_rekey: bool,
+    form: str,
 ) -> None:
-    """``run --log SCRIPT ARGS`` runs a pyOpenSSL program that knows nothing of us with its
-    arguments and its own exit status (3). It downloads 2 MiB from a stdlib ``ssl``
-    server byte-exact, and the log says its Connection went to the kernel where this
-    environment declares kTLS (RX too only where TLS 1.3 can be rekeyed), else why not."""
-    program = tmp_path / "client.py"
+    """``run --log SCRIPT ARGS`` (and ``run --log -m MODULE ARGS``, the module found on
+    PYTHONPATH) runs a pyOpenSSL program that knows nothing of us with its arguments and
+    its own exit status (3). It downloads 2 MiB from a stdlib ``ssl`` server byte-exact,
+    and the log says its Connection went to the kernel where this environment declares
+    kTLS (RX too only where TLS 1.3 can be rekeyed), else why not."""
+    program = tmp_path / "pyopenssl_client.py"
     program.write_text(_PROGRAM)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(certs.ecdsa))
@@ -601,7 +608,12 @@ def test_run_patches_an_unmodified_program(
     server.start()
     out = tmp_path / "got.bin"
     port = str(listener.getsockname()[1])
-    done = cli("run", "--log", str(program), "127.0.0.1", port, str(out), str(certs.ca))
+    args = (port, str(out), str(certs.ca))
+    if form == "script":
+        done = cli("run", "--log", str(program), "127.0.0.1", *args)
+    else:
+        path = os.pathsep.join(filter(None, [str(tmp_path), cli_env().get("PYTHONPATH")]))
+        done = cli("run", "--log", "-m", program.stem, "127.0.0.1", *args, env={"PYTHONPATH": path})
     server.join(TIMEOUT)
     listener.close()
     assert done.returncode == 3, done.stderr
