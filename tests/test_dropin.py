@@ -16,6 +16,7 @@ import functools
 import hashlib
 import select
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -536,3 +537,59 @@ def test_a_fatal_alert_from_the_peer(
 
     _, ours = _differential(certs, version, _after_an_error, peer_script)
     assert ours.ktls == _expected(expect_kernel, can_rekey, version), ours.reason
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_nonblocking_send_under_backpressure(
+    certs: Certs, version: str, expect_kernel: Callable[[str, str, str], bool], can_rekey: bool
+) -> None:
+    """A non-blocking sender, as event loops write: 64 KiB chunks into a peer that reads
+    nothing until the sender has seen WantWriteError; then it retries the same chunk
+    whenever select() says writable. Both classes hit WantWriteError, send every byte
+    once, in order, and the peer reads them all before close_notify."""
+    data = BIG * 8  # 1.4 MiB: far more than the two 64 KiB socket buffers below hold
+    blocked = threading.Event()
+
+    def small_buffer(conn: SSL.Connection, option: int) -> None:
+        raw = _raw(conn)
+        raw.setsockopt(socket.SOL_SOCKET, option, 65536)  # and no autotuning
+        raw.close()
+
+    def peer_script(peer: SSL.Connection) -> bytes:
+        small_buffer(peer, socket.SO_RCVBUF)
+        peer.do_handshake()
+        if not blocked.wait(TIMEOUT):
+            raise AssertionError("the sender never saw WantWriteError")
+        return _read_all(peer)
+
+    def script(run: Run, c: SSL.Connection) -> None:
+        small_buffer(c, socket.SO_SNDBUF)
+        run.call("do_handshake", c.do_handshake)
+        c.setblocking(False)
+        view = memoryview(data)
+        sent = 0
+        while sent < len(data):
+            try:
+                sent += c.send(view[sent : sent + 65536])
+            except SSL.WantWriteError:
+                blocked.set()
+                _wait(c, write=True)
+        run.transcript.append(("sent", sent, blocked.is_set()))
+        while True:
+            try:
+                run.call("shutdown", c.shutdown)
+                return
+            except SSL.WantWriteError:
+                _wait(c, write=True)
+
+    blocked_runs = []
+
+    def reset_between(run: Run, c: SSL.Connection) -> None:
+        blocked.clear()
+        script(run, c)
+        blocked_runs.append(blocked.is_set())
+
+    _, ours = _differential(certs, version, reset_between, peer_script)
+    assert blocked_runs == [True, True]
+    assert ours.ktls == _expected(expect_kernel, can_rekey, version), ours.reason
+    assert _digest(ours.peer_got) == _digest(data)
