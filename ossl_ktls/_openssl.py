@@ -274,8 +274,20 @@ def map_error(
     saw cross during the failed call (*marks*: the lengths of its ``alerts_read`` and
     ``alerts_written`` before it). Only OpenSSL's "unexpected eof" (a TCP end without
     close_notify, which moves no alert) is recognised by its reason text, which
-    pyOpenSSL hands over without the code.
+    pyOpenSSL hands over without the code. The result's ``__cause__`` is a copy of *exc*
+    (a façade with pyOpenSSL's exceptions raises OpenSSL's own words again).
     """
+    mapped = _map_error(exc, operation, observer, marks)
+    # A copy without the traceback: the mapped error may be kept (a receive path holds it
+    # until buffered data is read), and the traceback's frames would keep the caller's
+    # buffer exported.
+    mapped.__cause__ = type(exc)(*exc.args)
+    return mapped
+
+
+def _map_error(
+    exc: SSL.Error, operation: str, observer: RecordObserver, marks: tuple[int, int]
+) -> Error:
     if isinstance(exc, SSL.SysCallError):
         code = exc.args[0] if exc.args else -1
         if code in (-1, 0):

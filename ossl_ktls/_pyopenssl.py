@@ -64,11 +64,16 @@ log = logging.getLogger("ossl_ktls")
 _ERR_LIB_SSL = 20
 _SSL_AD_REASON_OFFSET = 1000  # OpenSSL: an alert's reason code is 1000 + its description
 # OpenSSL reason codes (ssl/sslerr.h) of the errors the kernel paths report.
-_REASON_OF: dict[type[Error], int] = {
-    BadRecordMAC: 281,  # SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC
-    RecordOverflow: 150,  # SSL_R_ENCRYPTED_LENGTH_TOO_LONG
-    DecodeError: 271,  # SSL_R_BAD_LENGTH
-    UnexpectedMessage: 244,  # SSL_R_UNEXPECTED_MESSAGE
+# A record the kernel refused is reported as OpenSSL's record layer (3.2 and later)
+# reports it: the reason, then SSL_R_RECORD_LAYER_FAILURE. (OpenSSL may put an entry of
+# its crypto provider before them, "cipher operation failed", for some ciphers and not
+# others; the kernel's AEAD has no such entry to give.)
+_RECORD_LAYER_FAILURE = 313  # SSL_R_RECORD_LAYER_FAILURE
+_REASONS_OF: dict[type[Error], tuple[int, ...]] = {
+    BadRecordMAC: (281, _RECORD_LAYER_FAILURE),  # SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC
+    RecordOverflow: (150, _RECORD_LAYER_FAILURE),  # SSL_R_ENCRYPTED_LENGTH_TOO_LONG
+    DecodeError: (271,),  # SSL_R_BAD_LENGTH
+    UnexpectedMessage: (244,),  # SSL_R_UNEXPECTED_MESSAGE
 }
 _PROTOCOL_IS_SHUTDOWN = 207  # SSL_R_PROTOCOL_IS_SHUTDOWN
 
@@ -85,8 +90,13 @@ def _reason(code: int) -> tuple[str, str, str]:
     )
 
 
-def _as_pyopenssl(exc: BaseException, *, writing: bool) -> BaseException:
-    """The exception pyOpenSSL would raise for what the engine raised."""
+def _as_pyopenssl(exc: BaseException, *, writing: bool, broken: bool) -> BaseException:
+    """The exception pyOpenSSL would raise for what the engine raised (*broken*: the
+    connection already ended with an error)."""
+    cause = exc.__cause__
+    if isinstance(exc, Error) and isinstance(cause, SSL.Error):
+        # OpenSSL itself said it (user-space RX or TX): its own words, as pyOpenSSL's.
+        return type(cause)(*cause.args)
     if isinstance(exc, (BlockingIOError, InterruptedError, TimeoutError)):
         return SSL.WantWriteError() if writing else SSL.WantReadError()
     if isinstance(exc, TruncatedStream):
@@ -96,11 +106,14 @@ def _as_pyopenssl(exc: BaseException, *, writing: bool) -> BaseException:
     if isinstance(exc, KernelError) and exc.errno is not None:
         return SSL.SysCallError(exc.errno, errno.errorcode.get(exc.errno))
     if isinstance(exc, ConnectionClosed):
-        return SSL.Error([_reason(_PROTOCOL_IS_SHUTDOWN)] if writing else [])
+        # After a fatal error OpenSSL has nothing more to say (an empty error queue);
+        # after our own shutdown() a write is "protocol is shutdown".
+        return SSL.Error([_reason(_PROTOCOL_IS_SHUTDOWN)] if writing and not broken else [])
     if isinstance(exc, Error) and not isinstance(exc, UsageError):
-        code = _REASON_OF.get(type(exc))
-        entry = _reason(code) if code is not None else ("SSL routines", "", str(exc))
-        return SSL.Error([entry])
+        codes = _REASONS_OF.get(type(exc))
+        if codes is None:
+            return SSL.Error([("SSL routines", "", str(exc))])
+        return SSL.Error([_reason(code) for code in codes])
     return exc
 
 
@@ -206,7 +219,7 @@ class Connection(SSL.Connection):
             else:
                 yield engine
         except (OSError, Error) as exc:
-            mapped = _as_pyopenssl(exc, writing=writing)
+            mapped = _as_pyopenssl(exc, writing=writing, broken=engine.error is not None)
             if mapped is exc:
                 raise
             raise mapped from exc

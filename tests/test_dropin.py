@@ -54,9 +54,14 @@ class Run:
 def _args(exc: SSL.Error) -> Any:
     if isinstance(exc, SSL.SysCallError):
         return exc.args
-    # OpenSSL's error list: the reasons, in order (the library and function names vary
-    # with nothing that matters here).
-    return [r[2] for r in exc.args[0]] if exc.args and isinstance(exc.args[0], list) else []
+    # OpenSSL's error list: the SSL library's reasons, in order. Entries of other
+    # libraries are left out: OpenSSL's crypto provider adds "cipher operation failed"
+    # before a bad record's reasons for some ciphers and versions (AES-GCM in TLS 1.2,
+    # CCM) and not others (ChaCha20, AES-GCM in TLS 1.3), and the kernel's AEAD, which
+    # opened the record instead, has no such entry to give.
+    if not (exc.args and isinstance(exc.args[0], list)):
+        return []
+    return [r[2] for r in exc.args[0] if r[0] == "SSL routines"]
 
 
 def _pair(
