@@ -255,6 +255,11 @@ class Engine:
             self.state, self.error = State.BROKEN, exc
             if alert and exc.alert is not None and not isinstance(exc, TLSAlertError):
                 with contextlib.suppress(OSError, Error, SSL.Error):
+                    if self.tx.kernel:
+                        # Kernel RX marks the socket with its error (tls_err_abort: EBADMSG,
+                        # EMSGSIZE, ...), and every send fails while it is pending; reading
+                        # SO_ERROR clears it, and the alert goes out through kernel TX.
+                        self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     self.tx.send_alert(ALERT_FATAL, exc.alert)
             self.teardown()
         return exc

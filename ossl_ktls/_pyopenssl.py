@@ -42,7 +42,7 @@ from OpenSSL import SSL
 from OpenSSL._util import ffi, lib
 
 from . import _openssl
-from ._engine import MAX_RECORD, READ_CHUNK, Engine, nonblocking, sendfile_args
+from ._engine import ALERT_FATAL, MAX_RECORD, READ_CHUNK, Engine, nonblocking, sendfile_args
 from ._errors import (
     BadRecordMAC,
     ConnectionClosed,
@@ -381,7 +381,10 @@ class Connection(SSL.Connection):
         state = 0
         if engine.close_notify_sent:
             state |= SSL.SENT_SHUTDOWN
-        if engine.close_notify_received:
+        # OpenSSL counts a fatal alert from the peer as its shutdown, as it does close_notify.
+        error = engine.error
+        peer_fatal = isinstance(error, TLSAlertError) and error.level == ALERT_FATAL
+        if engine.close_notify_received or peer_fatal:
             state |= SSL.RECEIVED_SHUTDOWN
         return state
 
