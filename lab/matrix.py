@@ -190,9 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             check=False,
         )
         # Pair the lanes so that they end together. Measured beside each other (two
-        # guests on two cores): 6.12 (with the 200-client load test) 21 min, 5.10 (all of
-        # it through the user-space path) 18, 7.2 (with the CLI and asyncio suites) 17,
-        # 6.1 13. Lanes 5.10 then 7.2, and 6.12 then 6.1: about 35 minutes each.
+        # guests on two cores, a20a90a's suites): 7.2 (CLI, asyncio, FTPS, third-party
+        # suites) 18.6 min, 6.1 (third-party suites) 13.1, 6.12 (the 200-client load
+        # test) 12.1, 5.10 (the fallback tier) 4.3. Lanes 5.10 then 7.2 (23 min), and
+        # 6.12 then 6.1 (25 min).
         first = {"kernel-5.10": 0, "kernel-6.12": 1, "kernel-7.2": 2}
         start_order = sorted(kernel_envs, key=lambda e: first.get(e, 3))
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
