@@ -12,6 +12,7 @@ and the Connection is pyOpenSSL's all along).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import select
@@ -598,3 +599,40 @@ def test_nonblocking_send_under_backpressure(
     assert blocked_runs == [True, True]
     assert ours.ktls == _expected(expect_kernel, can_rekey, version), ours.reason
     assert _digest(ours.peer_got) == _digest(data)
+
+
+def test_engine_errors_map_to_what_pyopenssl_raises() -> None:
+    """The mapping the data methods apply to the engine's exceptions (no socket needed):
+    OpenSSL's own error again where OpenSSL said it; a record the kernel refused in the
+    record layer's words; after a fatal error an empty list (OpenSSL's queue is empty
+    then), after our shutdown() 'protocol is shutdown' for a write; would-block as
+    WantRead/WantWrite; a reset as SysCallError with its errno."""
+    from ossl_ktls import _pyopenssl
+    from ossl_ktls._errors import BadRecordMAC, ConnectionClosed, from_errno
+
+    # The mapping applies to a Connection, so OpenSSL has loaded its reason strings (at
+    # its first SSL_CTX); a test run of this function alone must make one too.
+    SSL.Context(SSL.TLS_METHOD)
+
+    def mapped(exc: BaseException, *, writing: bool = False, broken: bool = False) -> Any:
+        out = _pyopenssl._as_pyopenssl(exc, writing=writing, broken=broken)
+        assert isinstance(out, SSL.Error), out
+        return type(out).__name__, _args(out)
+
+    theirs = SSL.Error([("SSL routines", "", "tls alert bad record mac")])
+    ours = ossl_ktls.TLSAlertError(2, 20)
+    ours.__cause__ = theirs
+    assert mapped(ours) == ("Error", ["tls alert bad record mac"])
+    assert mapped(BadRecordMAC("receive")) == (
+        "Error",
+        ["decryption failed or bad record mac", "record layer failure"],
+    )
+    assert mapped(ConnectionClosed(), writing=True, broken=True) == ("Error", [])
+    assert mapped(ConnectionClosed(), writing=False, broken=True) == ("Error", [])
+    assert mapped(ConnectionClosed(), writing=True) == ("Error", ["protocol is shutdown"])
+    assert mapped(BlockingIOError(), writing=True) == ("WantWriteError", [])
+    assert mapped(BlockingIOError()) == ("WantReadError", [])
+    assert mapped(from_errno(errno.ECONNRESET, "receive")) == (
+        "SysCallError",
+        (errno.ECONNRESET, "ECONNRESET"),
+    )
