@@ -20,8 +20,12 @@
 
 from __future__ import annotations
 
+import _socket
 import errno
+import fcntl
 import socket
+import sys
+import termios
 from dataclasses import dataclass
 
 from OpenSSL import SSL
@@ -40,6 +44,9 @@ from ._tx import KernelTx, UserTx
 from ._wire import Direction
 
 _VERSION_NAMES = {"TLSv1.2": "1.2", "TLSv1.3": "1.3"}
+_socket_type = _socket.socket.type.__get__
+_socket_family = _socket.socket.family.__get__
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
 @dataclass(frozen=True)
@@ -60,17 +67,20 @@ def socket_of(conn: object) -> socket.socket:
     """The TCP socket of a prepared, not yet wrapped pyOpenSSL Connection."""
     if not isinstance(conn, BaseConnection):
         raise UsageError(f"wrap() takes an OpenSSL.SSL.Connection, not {type(conn).__name__}")
-    if getattr(conn, "_ossl_ktls_wrapped", False):
+    # Instance attributes are read from __dict__: pyOpenSSL's __getattr__ would look a
+    # missing one up on the socket, raising twice (on the path of every connection).
+    if vars(conn).get("_ossl_ktls_wrapped", False):
         raise UsageError("this Connection is already wrapped")
     if not _openssl.is_prepared(conn.get_context()):
         raise NotPrepared(
             "the Connection's Context was not prepared: call ossl_ktls.prepare(ctx) "
             "before making Connections from it"
         )
-    sock = getattr(conn, "_socket", None)
+    sock = vars(conn).get("_socket")
     if not isinstance(sock, socket.socket):
         raise UsageError("wrap() needs a Connection made over a socket (not memory BIOs)")
-    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+    # The raw integers (socket.socket's own properties convert them to enums, slowly).
+    if _socket_type(sock) != socket.SOCK_STREAM or _socket_family(sock) not in _TCP_FAMILIES:
         raise UsageError("kernel TLS needs a TCP socket (AF_INET or AF_INET6, SOCK_STREAM)")
     return sock
 
@@ -227,9 +237,13 @@ def _complete(
 
 def _peek_record_boundary(sock: socket.socket) -> bool:
     """Whether the bytes waiting on *sock* (if any) start with a plausible TLS header."""
+    waiting = bytearray(4)
     try:
-        with _engine.nonblocking(sock):
-            head = sock.recv(5, socket.MSG_PEEK)
+        # How many bytes wait (FIONREAD): usually none, and then no exception to raise.
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, waiting)
+        if not int.from_bytes(waiting, sys.byteorder):
+            return True
+        head = sock.recv(5, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except (BlockingIOError, InterruptedError):
         return True
     except OSError:

@@ -1,7 +1,11 @@
 """Key schedule: the secrets OpenSSL hands out, turned into the keys the kernel wants.
 
-Pure functions over bytes, built on ``cryptography``'s HMAC and HKDF-Expand (no
-hand-written HMAC). Two schedules matter here:
+Pure functions over bytes. HMAC is the standard library's one-shot ``hmac.digest``
+(OpenSSL's HMAC in C, no object per call: this runs for every connection handed over,
+and ``cryptography``'s HMAC and HKDFExpand objects cost several times more per call);
+HKDF-Expand (RFC 5869 section 2.3) is its three-line chain over that HMAC. The results
+are pinned to the RFC 8448 vectors and checked against ``cryptography``'s HKDFExpand
+and OpenSSL's own KDF in the tests. Two schedules matter here:
 
 * TLS 1.2 (RFC 5246 sections 5 and 6.3): the PRF expands the master secret and both
   hello randoms into a key block. Only AEAD suites are supported, so the block holds no
@@ -16,10 +20,8 @@ hello random that is not 32 bytes: these are programming errors, never peer inpu
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
-
-from cryptography.hazmat.primitives import hashes, hmac
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from ._errors import UsageError
 
@@ -52,13 +54,16 @@ _MAX_LABEL = 255
 _MAX_CONTEXT = 255
 
 
-def _hash(hash_name: str) -> hashes.HashAlgorithm:
-    """The ``cryptography`` hash object for ``hash_name``; UsageError for anything else."""
-    if hash_name == "sha256":
-        return hashes.SHA256()
-    if hash_name == "sha384":
-        return hashes.SHA384()
-    raise UsageError(f"unsupported hash {hash_name!r}: expected one of {', '.join(HASH_NAMES)}")
+#: Output lengths of the hashes TLS AEAD suites use.
+_DIGEST_SIZES = {"sha256": 32, "sha384": 48}
+
+
+def _digest_size(hash_name: str) -> int:
+    """The output length of ``hash_name``; UsageError for anything else."""
+    size = _DIGEST_SIZES.get(hash_name) if isinstance(hash_name, str) else None
+    if size is None:
+        raise UsageError(f"unsupported hash {hash_name!r}: expected one of {', '.join(HASH_NAMES)}")
+    return size
 
 
 def hash_length(hash_name: str) -> int:
@@ -67,7 +72,7 @@ def hash_length(hash_name: str) -> int:
     Raises:
         UsageError: ``hash_name`` is not one of :data:`HASH_NAMES`.
     """
-    return _hash(hash_name).digest_size
+    return _digest_size(hash_name)
 
 
 def _as_bytes(name: str, value: object) -> bytes:
@@ -86,12 +91,6 @@ def _check_length(name: str, value: object, *, minimum: int = 0) -> int:
     return value
 
 
-def _hmac(algorithm: hashes.HashAlgorithm, key: bytes, data: bytes) -> bytes:
-    h = hmac.HMAC(key, algorithm)
-    h.update(data)
-    return h.finalize()
-
-
 def tls12_prf(
     hash_name: str, secret: BytesLike, label: BytesLike, seed: BytesLike, length: int
 ) -> bytes:
@@ -105,15 +104,15 @@ def tls12_prf(
     Raises:
         UsageError: unknown ``hash_name``, non-bytes arguments, or a negative ``length``.
     """
-    algorithm = _hash(hash_name)
+    _digest_size(hash_name)
     key = _as_bytes("secret", secret)
     full_seed = _as_bytes("label", label) + _as_bytes("seed", seed)
     _check_length("length", length)
     out = bytearray()
     a = full_seed  # A(0)
     while len(out) < length:
-        a = _hmac(algorithm, key, a)  # A(i)
-        out += _hmac(algorithm, key, a + full_seed)
+        a = hmac.digest(key, a, hash_name)  # A(i)
+        out += hmac.digest(key, a + full_seed, hash_name)
     return bytes(out[:length])
 
 
@@ -198,20 +197,16 @@ def hkdf_expand_label(
             than 255 bytes (they would not fit their length prefixes); a secret shorter
             than Hash.length (RFC 5869 section 2.3).
     """
-    algorithm = _hash(hash_name)
+    digest_size = _digest_size(hash_name)
     prk = _as_bytes("secret", secret)
     label_bytes = _as_bytes("label", label)
     context_bytes = _as_bytes("context", context)
     _check_length("length", length, minimum=1)
-    if length > 255 * algorithm.digest_size:
-        raise UsageError(
-            f"HKDF-Expand length {length} exceeds 255 * {algorithm.digest_size} (RFC 5869 2.3)"
-        )
-    if len(prk) < algorithm.digest_size:
+    if length > 255 * digest_size:
+        raise UsageError(f"HKDF-Expand length {length} exceeds 255 * {digest_size} (RFC 5869 2.3)")
+    if len(prk) < digest_size:
         # RFC 5869 section 2.3: PRK is "a pseudorandom key of at least HashLen octets".
-        raise UsageError(
-            f"secret is {len(prk)} bytes, HKDF-Expand needs at least {algorithm.digest_size}"
-        )
+        raise UsageError(f"secret is {len(prk)} bytes, HKDF-Expand needs at least {digest_size}")
     full_label = _TLS13_LABEL_PREFIX + label_bytes
     if len(full_label) > _MAX_LABEL:
         raise UsageError(f"label too long: {len(full_label)} bytes with prefix, max 255")
@@ -224,7 +219,20 @@ def hkdf_expand_label(
         + bytes([len(context_bytes)])
         + context_bytes
     )
-    return HKDFExpand(algorithm, length, info).derive(prk)
+    return _hkdf_expand(hash_name, prk, info, length)
+
+
+def _hkdf_expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-Expand (RFC 5869 section 2.3): ``T(i) = HMAC(PRK, T(i-1) | info | i)``,
+    the first *length* bytes of ``T(1) | T(2) | ...`` (lengths checked by the caller)."""
+    out = b""
+    block = b""
+    counter = 1
+    while len(out) < length:
+        block = hmac.digest(prk, block + info + bytes([counter]), hash_name)
+        out += block
+        counter += 1
+    return out[:length]
 
 
 def _check_traffic_secret(hash_name: str, secret: BytesLike) -> None:
@@ -250,9 +258,30 @@ def tls13_traffic_key_iv(
             Hash.length bytes (every TLS 1.3 traffic secret is; RFC 8446 section 7.1).
     """
     _check_traffic_secret(hash_name, secret)
-    key = hkdf_expand_label(hash_name, secret, b"key", b"", key_len)
-    iv = hkdf_expand_label(hash_name, secret, b"iv", b"", iv_len)
+    _check_length("key_len", key_len, minimum=1)
+    _check_length("iv_len", iv_len, minimum=1)
+    prk = bytes(secret)
+    if max(key_len, iv_len) > _digest_size(hash_name):  # never for a TLS 1.3 suite
+        key = hkdf_expand_label(hash_name, prk, b"key", b"", key_len)
+        iv = hkdf_expand_label(hash_name, prk, b"iv", b"", iv_len)
+        return key, iv
+    # One HMAC each: HKDF-Expand's first block, with the HkdfLabel built once per length.
+    key = hmac.digest(prk, _one_block_label(b"key", key_len), hash_name)[:key_len]
+    iv = hmac.digest(prk, _one_block_label(b"iv", iv_len), hash_name)[:iv_len]
     return key, iv
+
+
+_LABELS: dict[tuple[bytes, int], bytes] = {}
+
+
+def _one_block_label(label: bytes, length: int) -> bytes:
+    """``HkdfLabel(label, "", length) | 0x01``: the input of HKDF-Expand's first block."""
+    info = _LABELS.get((label, length))
+    if info is None:
+        full = _TLS13_LABEL_PREFIX + label
+        info = length.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00" + b"\x01"
+        _LABELS[(label, length)] = info
+    return info
 
 
 def tls13_next_traffic_secret(hash_name: str, secret: BytesLike) -> bytes:

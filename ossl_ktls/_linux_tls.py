@@ -1,19 +1,19 @@
 """The Linux kernel TLS uAPI (``include/uapi/linux/tls.h``) and the probe.
 
-This is the only module that touches kTLS socket options. Structures are
-``ctypes.Structure``\\ s named as in the header, passed to ``setsockopt`` by buffer
-(no copy), and wiped with ``memset`` right after, so the key bytes live in exactly
-one mutable buffer for the duration of one system call.
+This is the only module that touches kTLS socket options. Structures are packed with
+``struct`` layouts built once per cipher (``_layout``, the header's field order) into a
+``bytearray``, passed to ``setsockopt`` by buffer (no copy), and zeroed right after, so
+the key bytes live in exactly one mutable buffer for the duration of one system call.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import functools
 import platform
 import socket
+import struct
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,36 +44,19 @@ CIPHER_NAMES: tuple[str, ...] = tuple(SUITES)
 VERSIONS = {"1.2": TLS_1_2_VERSION, "1.3": TLS_1_3_VERSION}
 
 
-class tls_crypto_info(ctypes.Structure):  # named as in linux/tls.h
-    _fields_ = [("version", ctypes.c_uint16), ("cipher_type", ctypes.c_uint16)]
-
-
-_STRUCTS: dict[str, type[ctypes.Structure]] = {}
-
-
-def _struct_for(cipher: str) -> type[ctypes.Structure]:
-    """The ``tls12_crypto_info_*`` structure for a cipher (the same layout serves 1.2 and 1.3)."""
-    cls = _STRUCTS.get(cipher)
-    if cls is None:
-        suite = SUITES[cipher]
-        iv, key, salt = suite.kernel_iv_len, suite.key_len, suite.salt_len
-        fields: list[tuple[str, type[ctypes._CData]]] = [
-            ("info", tls_crypto_info),
-            ("iv", ctypes.c_uint8 * iv),
-            ("key", ctypes.c_uint8 * key),
-        ]
-        if salt:
-            fields.append(("salt", ctypes.c_uint8 * salt))
-        fields.append(("rec_seq", ctypes.c_uint8 * REC_SEQ_SIZE))
-        name = "tls12_crypto_info_" + cipher.replace("-", "_")
-        cls = type(name, (ctypes.Structure,), {"_fields_": fields, "_pack_": 1})
-        _STRUCTS[cipher] = cls
-    return cls
+@functools.cache
+def _layout(cipher: str) -> struct.Struct:
+    """The ``tls12_crypto_info_*`` structure of *cipher*, as in linux/tls.h: ``struct
+    tls_crypto_info { __u16 version; __u16 cipher_type; }`` (native byte order), then
+    ``iv``, ``key``, ``salt`` (absent for ChaCha20) and ``rec_seq``, unpadded. The same
+    layout serves TLS 1.2 and 1.3."""
+    suite = SUITES[cipher]
+    return struct.Struct(f"=HH{suite.kernel_iv_len}s{suite.key_len}s{suite.salt_len}s8s")
 
 
 def crypto_info_size(cipher: str) -> int:
     """``sizeof`` the kernel structure for *cipher* (40 or 56 bytes)."""
-    return ctypes.sizeof(_struct_for(cipher))
+    return _layout(cipher).size
 
 
 @dataclass
@@ -103,27 +86,34 @@ class CryptoState:
         )
 
 
-def _fill(state: CryptoState) -> ctypes.Structure:
+def _fill(state: CryptoState) -> bytearray:
+    """The structure for *state*, in the one mutable buffer :func:`_wipe_struct` clears."""
     suite = SUITES[state.cipher]
-    cipher_id, iv_len = suite.kernel_cipher, suite.kernel_iv_len
-    key_len, salt_len = suite.key_len, suite.salt_len
-    if (len(state.iv), len(state.key), len(state.salt)) != (iv_len, key_len, salt_len):
+    if (len(state.iv), len(state.key), len(state.salt)) != (
+        suite.kernel_iv_len,
+        suite.key_len,
+        suite.salt_len,
+    ):
         raise ValueError(f"wrong key material sizes for {state.cipher}")
     if not 0 <= state.rec_seq < 2**64:
         raise ValueError("record sequence number out of range")
-    info = _struct_for(state.cipher)()
-    info.info.version = VERSIONS[state.version]
-    info.info.cipher_type = cipher_id
-    ctypes.memmove(info.iv, bytes(state.iv), iv_len)
-    ctypes.memmove(info.key, (ctypes.c_char * key_len).from_buffer(state.key), key_len)
-    if salt_len:
-        ctypes.memmove(info.salt, bytes(state.salt), salt_len)
-    ctypes.memmove(info.rec_seq, state.rec_seq.to_bytes(8, "big"), 8)
+    layout = _layout(state.cipher)
+    info = bytearray(layout.size)
+    layout.pack_into(
+        info,
+        0,
+        VERSIONS[state.version],
+        suite.kernel_cipher,
+        state.iv,
+        state.key,
+        state.salt,
+        state.rec_seq.to_bytes(REC_SEQ_SIZE, "big"),
+    )
     return info
 
 
-def _wipe_struct(info: ctypes.Structure) -> None:
-    ctypes.memset(ctypes.addressof(info), 0, ctypes.sizeof(info))
+def _wipe_struct(info: bytearray) -> None:
+    info[:] = bytes(len(info))
 
 
 def set_ulp(sock: socket.socket) -> None:
@@ -139,7 +129,7 @@ def install(sock: socket.socket, direction: int, state: CryptoState) -> None:
     """
     info = _fill(state)
     try:
-        sock.setsockopt(SOL_TLS, direction, memoryview(info).cast("B"))
+        sock.setsockopt(SOL_TLS, direction, info)
     finally:
         _wipe_struct(info)
 

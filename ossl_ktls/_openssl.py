@@ -48,6 +48,7 @@ _HELLOS = tuple(
 )
 
 _SECRET_LABELS = {b"CLIENT_TRAFFIC_SECRET_0": "client", b"SERVER_TRAFFIC_SECRET_0": "server"}
+_SECRET_LABEL_LEN = 23  # both labels
 
 KeylogCallback = Callable[[SSL.Connection, bytes], None]
 
@@ -76,15 +77,19 @@ class ConnState:
         return f"ConnState(observer={self.observer!r}, secrets=<{len(self.secrets)} hidden>)"
 
 
+#: pyOpenSSL's ``SSL *`` -> Connection mapping (a WeakValueDictionary, made once).
+_connection_by_ssl: Callable[[Any], SSL.Connection | None] = cast(
+    Any, BaseConnection
+)._reverse_mapping.get
+
+
 def _connection_for(ssl: Any) -> SSL.Connection | None:
-    mapping = cast(Any, SSL.Connection)._reverse_mapping
-    conn: SSL.Connection | None = mapping.get(ssl)
-    return conn
+    return _connection_by_ssl(ssl)
 
 
 def state_of(conn: SSL.Connection) -> ConnState:
     """The state the callbacks keep for *conn* (created on first use)."""
-    st: ConnState | None = getattr(conn, _STATE_ATTR, None)
+    st: ConnState | None = vars(conn).get(_STATE_ATTR)
     if st is None:
         st = ConnState()
         setattr(conn, _STATE_ATTR, st)
@@ -94,15 +99,23 @@ def state_of(conn: SSL.Connection) -> ConnState:
 def _on_message(
     write_p: int, version: int, content_type: int, buf: Any, length: int, ssl: Any, _arg: Any
 ) -> None:
-    conn = _connection_for(ssl)
+    # Called some twenty times per handshake, inside OpenSSL: as little work as possible.
+    conn = _connection_by_ssl(ssl)
     if conn is None:
         return
-    # Only the first bytes of a message matter (type, and a KeyUpdate's flag), except for
-    # the hellos, whose record-size extensions decide how large our records may be.
-    data = bytes(ffi.buffer(buf, min(length, 8))) if length else b""
-    if content_type == _HANDSHAKE and data[:1] in _HELLOS and length > 8:
-        data = bytes(ffi.buffer(buf, length))
-    state_of(conn).observer.event(bool(write_p), version, content_type, data, length)
+    st: ConnState | None = vars(conn).get(_STATE_ATTR)
+    if st is None:
+        st = state_of(conn)
+    if not length:
+        data = b""
+    elif content_type == _HANDSHAKE and length > 8 and ffi.buffer(buf, 1)[:] in _HELLOS:
+        # The hellos whole: their record-size extensions decide how large records may be.
+        data = ffi.buffer(buf, length)[:]
+    else:
+        # Only the first bytes matter: a header's type and length, a message's type and a
+        # KeyUpdate's flag.
+        data = ffi.buffer(buf, length if length < 8 else 8)[:]
+    st.observer.event(write_p != 0, version, content_type, data, length)
 
 
 _msg_callback: Any = ffi.callback(
@@ -122,11 +135,18 @@ class _Keylog:
 
     def _called(self, ssl: Any, line_p: Any) -> None:
         line = ffi.string(line_p)
-        conn = _connection_for(ssl)
-        label, _, rest = line.partition(b" ")
-        side = _SECRET_LABELS.get(label)
-        if side is not None and conn is not None:
-            secret_hex = rest.rpartition(b" ")[2]
+        side = _SECRET_LABELS.get(line[:_SECRET_LABEL_LEN])
+        if side is None and self.user is None:
+            if self.previous_c is not None:
+                self.previous_c(ssl, line_p)
+            return
+        conn = _connection_by_ssl(ssl)
+        if (
+            side is not None
+            and conn is not None
+            and line[_SECRET_LABEL_LEN : _SECRET_LABEL_LEN + 1] == b" "
+        ):
+            secret_hex = line.rpartition(b" ")[2]
             with contextlib.suppress(ValueError):
                 state_of(conn).secrets[side] = bytearray(bytes.fromhex(secret_hex.decode()))
         if self.user is not None:

@@ -591,28 +591,68 @@ def parse_hello(
             appearing twice (alert illegal_parameter, RFC 8446 section 4.2).
         UsageError: *msg_type* is none of the three.
     """
+    # One pass of index arithmetic over the bytes (no cursor object): this runs for every
+    # handshake of a prepared Context, so it stays cheap. Every length is still checked.
+    data = bytes(body)
+    size = len(data)
     compression = 0
     if msg_type == ENCRYPTED_EXTENSIONS:
-        r = _Reader(body, "EncryptedExtensions")
+        what, pos = "EncryptedExtensions", 0
     elif msg_type in _HELLO_NAMES:
-        r = _Reader(body, _HELLO_NAMES[msg_type])
-        r.take(2 + 32)  # legacy_version, random
-        r.vector(1, 0, 32, "legacy_session_id")
+        what = _HELLO_NAMES[msg_type]
+        if size < 35:  # legacy_version(2) random(32) and the session id's length
+            raise DecodeError(f"{what} is truncated")
+        pos = _skip_vector(data, 34, 1, 0, 32, what, "legacy_session_id")
         if msg_type == CLIENT_HELLO:
-            r.vector(2, 2, 2**16 - 2, "cipher_suites")
-            r.vector(1, 1, 255, "legacy_compression_methods")
+            pos = _skip_vector(data, pos, 2, 2, 2**16 - 2, what, "cipher_suites")
+            pos = _skip_vector(data, pos, 1, 1, 255, what, "legacy_compression_methods")
         else:
-            r.take(2)  # cipher_suite
-            compression = r.uint(1)
-        if not r.remaining():
+            if pos + 3 > size:  # cipher_suite(2) compression_method(1)
+                raise DecodeError(f"{what} is truncated")
+            compression = data[pos + 2]
+            pos += 3
+        if pos == size:
             return Hello({}, compression)  # TLS 1.2 without extensions (RFC 5246 7.4.1.2)
     else:
         raise UsageError(f"handshake type {msg_type} carries no hello extensions")
-    block = r.vector(2, 0, 2**16 - 1, "extensions")
-    if r.remaining():
-        raise DecodeError(f"{r.what} has {r.remaining()} trailing bytes")
-    kept = {t: data for t, data in _extension_list(block, r.what) if t in keep}
+    end = _skip_vector(data, pos, 2, 0, 2**16 - 1, what, "extensions")
+    if end != size:
+        raise DecodeError(f"{what} has {size - end} trailing bytes")
+    kept: dict[int, bytes] = {}
+    seen: set[int] = set()
+    pos += 2
+    while pos < end:
+        if pos + 4 > end:
+            raise DecodeError(f"{what} extension is truncated")
+        ext_type = (data[pos] << 8) | data[pos + 1]
+        ext_end = pos + 4 + ((data[pos + 2] << 8) | data[pos + 3])
+        if ext_end > end:
+            raise DecodeError(f"{what} extension is truncated")
+        if ext_type in seen:
+            raise DecodeError(
+                f"{what} repeats extension {ext_type} (RFC 8446 section 4.2)",
+                alert=AlertDescription.ILLEGAL_PARAMETER,
+            )
+        seen.add(ext_type)
+        if ext_type in keep:
+            kept[ext_type] = data[pos + 4 : ext_end]
+        pos = ext_end
     return Hello(kept, compression)
+
+
+def _skip_vector(
+    data: bytes, pos: int, len_size: int, minimum: int, maximum: int, what: str, field: str
+) -> int:
+    """Where the vector at *pos* (a *len_size*-byte length, then the bytes) ends."""
+    if pos + len_size > len(data):
+        raise DecodeError(f"{what} is truncated")
+    length = int.from_bytes(data[pos : pos + len_size], "big")
+    if not minimum <= length <= maximum:
+        raise DecodeError(f"{what} {field} length {length} is outside {minimum}..{maximum}")
+    end = pos + len_size + length
+    if end > len(data):
+        raise DecodeError(f"{what} is truncated")
+    return end
 
 
 def hello_extensions(

@@ -511,3 +511,77 @@ def test_tls12_prf_prefix_property(
     assert len(b) == m
     k = min(n, m)
     assert a[:k] == b[:k]
+
+
+# --- differential: the stdlib HMAC chain against cryptography's HKDFExpand and HMAC -------
+
+
+def _crypto_hash(hash_name: str) -> hashes.HashAlgorithm:
+    return hashes.SHA256() if hash_name == "sha256" else hashes.SHA384()
+
+
+@given(
+    secret=st.binary(min_size=48, max_size=64),
+    label=st.binary(min_size=1, max_size=40),
+    context=st.binary(max_size=64),
+    length=st.integers(min_value=1, max_value=200),
+    hash_name=st.sampled_from(["sha256", "sha384"]),
+)
+def test_hkdf_expand_label_equals_cryptography(
+    secret: bytes, label: bytes, context: bytes, length: int, hash_name: str
+) -> None:
+    """HKDF-Expand-Label here (``hmac.digest`` in a chain) gives, for any input, exactly
+    what cryptography's HKDFExpand gives for the same HkdfLabel, one block or several."""
+    full = b"tls13 " + label
+    info = length.to_bytes(2, "big") + bytes([len(full)]) + full + bytes([len(context)]) + context
+    expected = HKDFExpand(_crypto_hash(hash_name), length, info).derive(secret)
+    assert hkdf_expand_label(hash_name, secret, label, context, length) == expected
+
+
+@given(
+    secret=st.binary(min_size=48, max_size=48),
+    hash_name=st.sampled_from(["sha256", "sha384"]),
+    key_len=st.sampled_from([16, 32]),
+)
+def test_tls13_traffic_key_iv_equals_cryptography(
+    secret: bytes, hash_name: str, key_len: int
+) -> None:
+    """The one-HMAC shortcut of the traffic key and IV equals cryptography's HKDFExpand."""
+    secret = secret[: hash_length(hash_name)]
+    algorithm = _crypto_hash(hash_name)
+
+    def expand(label: bytes, length: int) -> bytes:
+        full = b"tls13 " + label
+        info = length.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00"
+        return HKDFExpand(algorithm, length, info).derive(secret)
+
+    assert tls13_traffic_key_iv(hash_name, secret, key_len) == (
+        expand(b"key", key_len),
+        expand(b"iv", 12),
+    )
+
+
+@given(
+    secret=st.binary(min_size=1, max_size=64),
+    seed=st.binary(max_size=80),
+    length=st.integers(min_value=0, max_value=150),
+    hash_name=st.sampled_from(["sha256", "sha384"]),
+)
+def test_tls12_prf_equals_cryptography_hmac(
+    secret: bytes, seed: bytes, length: int, hash_name: str
+) -> None:
+    """P_hash (RFC 5246 section 5) over the stdlib's HMAC equals the same chain over
+    cryptography's HMAC objects, for any secret, seed and length."""
+    algorithm = _crypto_hash(hash_name)
+
+    def mac(data: bytes) -> bytes:
+        m = hmac.HMAC(secret, algorithm)
+        m.update(data)
+        return m.finalize()
+
+    full_seed = b"key expansion" + seed
+    out, a = b"", full_seed
+    while len(out) < length:
+        a = mac(a)
+        out += mac(a + full_seed)
+    assert tls12_prf(hash_name, secret, b"key expansion", seed, length) == out[:length]
