@@ -59,9 +59,11 @@ from ._errors import (
     from_errno,
 )
 from ._observer import RecordObserver
+from ._openssl import BaseConnection
 from ._wire import AlertDescription, AlertLevel, Direction
 
 if TYPE_CHECKING:
+    from ._relay import TicketSealer
     from ._secrets import TrafficSecrets
     from ._suites import Suite
 
@@ -71,6 +73,7 @@ CONTROL_WAIT = 30.0  # seconds a control record (or close()'s backlog) may wait 
 
 ALERT_WARNING = AlertLevel.WARNING
 ALERT_FATAL = AlertLevel.FATAL
+HANDSHAKE = _records.CONTENT_HANDSHAKE
 CLOSE_NOTIFY = AlertDescription.CLOSE_NOTIFY
 
 
@@ -215,6 +218,8 @@ class Engine:
         self.zerocopy_sendfile = False
         self.tx_record_limit = MAX_RECORD  # the most plaintext a record we send may carry
         self.secrets: TrafficSecrets | None = None  # TLS 1.3, kernel directions, rekeyable
+        # TLS 1.3 client with kernel RX: seals the tickets the kernel receives for OpenSSL.
+        self.ticket_sealer: TicketSealer | None = None
         self.state = State.OPEN
         self.error: Error | None = None
         self.tx_lock = threading.RLock()
@@ -289,7 +294,31 @@ class Engine:
         """Zero every secret kept for this connection (ours and the callbacks')."""
         if self.secrets is not None:
             self.secrets.wipe()
+        if self.ticket_sealer is not None:
+            self.ticket_sealer.wipe()
+            self.ticket_sealer = None
         _openssl.state_of(self.conn).wipe()
+
+    def relay_ticket(self, message: bytes) -> None:
+        """Give OpenSSL a NewSessionTicket kernel RX received (see ``_relay``), so that
+        ``get_session()`` can resume. Where OpenSSL does not take it, relaying stops and
+        the connection goes on: a missing ticket costs a full handshake next time."""
+        sealer = self.ticket_sealer
+        if sealer is None:
+            return
+        with self.ssl_lock:
+            try:
+                BaseConnection.bio_write(self.conn, sealer.seal(HANDSHAKE, message))
+                try:
+                    data = BaseConnection.recv(self.conn, 1)
+                except SSL.WantReadError:
+                    data = b""
+                taken = not data and not _openssl.pending_output(self.conn)
+            except SSL.Error:
+                taken = False
+            if not taken:
+                sealer.wipe()
+                self.ticket_sealer = None
 
     def rekey(self, direction: Direction) -> None:
         """Move kernel *direction* to its next TLS 1.3 traffic secret (a KeyUpdate; the

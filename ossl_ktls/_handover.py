@@ -37,6 +37,7 @@ from ._errors import KTLSUnavailable, NotPrepared, UsageError
 from ._keys import tls12_key_block
 from ._openssl import BaseConnection
 from ._policy import Handshake, Plan, Request, plan
+from ._relay import TicketSealer
 from ._rx import KernelRx, UserRx
 from ._secrets import TrafficSecrets, crypto_state
 from ._suites import Suite, suite_for_openssl_name
@@ -272,6 +273,7 @@ def _install(
     we, peer = ("server", "client") if engine.is_server else ("client", "server")
     tx_seq, rx_seq = obs.next_seq[1], obs.next_seq[0]
     secrets: TrafficSecrets | None = None
+    sealer: TicketSealer | None = None
     if engine.version == "1.2":
         master = bytearray(conn.master_key() or b"")
         try:
@@ -301,6 +303,10 @@ def _install(
         state.wipe()
         tx_state = secrets.state(Direction.TX, tx_seq)
         rx_state = secrets.state(Direction.RX, rx_seq)
+        if not engine.is_server and want_rx and want_tx:
+            # OpenSSL's read key and sequence number as they are now, for the tickets
+            # kernel RX will receive (see _relay).
+            sealer = TicketSealer(suite, *secrets.key_iv(Direction.RX), rx_seq)
     try:
         if not ulp_attached:
             uapi.set_ulp(sock)
@@ -324,6 +330,13 @@ def _install(
     finally:
         tx_state.wipe()
         rx_state.wipe()
+        if sealer is not None:
+            # Only with both directions in the kernel: OpenSSL then carries nothing else
+            # that a record it refused could break.
+            if in_tx and in_rx:
+                engine.ticket_sealer = sealer
+            else:
+                sealer.wipe()
         if secrets is not None:
             # Kept for rekeying only where the kernel carries a direction and can rekey.
             if caps.rekey and (in_tx or in_rx):

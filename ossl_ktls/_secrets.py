@@ -59,10 +59,14 @@ class TrafficSecrets:
 
     def state(self, direction: Direction, seq: int) -> uapi.CryptoState:
         """The kernel structure for *direction*'s current secret, at sequence *seq*."""
+        return crypto_state("1.3", self._suite, *self.key_iv(direction), seq)
+
+    def key_iv(self, direction: Direction) -> tuple[bytearray, bytearray]:
+        """The write key and IV of *direction*'s current secret, in mutable buffers."""
         key, iv = tls13_traffic_key_iv(
             self._suite.hash_name, bytes(self._buffers[direction]), self._suite.key_len
         )
-        return crypto_state("1.3", self._suite, bytearray(key), bytearray(iv), seq)
+        return bytearray(key), bytearray(iv)
 
     def buffers(self) -> list[bytearray]:
         """The live buffers (for tests that check they are wiped)."""
