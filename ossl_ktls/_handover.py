@@ -302,11 +302,15 @@ def _install(
         secrets.keep(Direction.RX, captured[peer], obs.epoch[0])
         state.wipe()
         tx_state = secrets.state(Direction.TX, tx_seq)
-        rx_state = secrets.state(Direction.RX, rx_seq)
+        rx_key, rx_iv = secrets.key_iv(Direction.RX)
+        rx_state = crypto_state("1.3", suite, bytearray(rx_key), rx_iv, rx_seq)
         if not engine.is_server and want_rx and want_tx:
             # OpenSSL's read key and sequence number as they are now, for the tickets
             # kernel RX will receive (see _relay).
-            sealer = TicketSealer(suite, *secrets.key_iv(Direction.RX), rx_seq)
+            sealer = TicketSealer(suite, rx_key, bytearray(rx_iv), rx_seq)
+        else:
+            rx_key[:] = bytes(len(rx_key))
+        rx_iv[:] = bytes(len(rx_iv))
     try:
         if not ulp_attached:
             uapi.set_ulp(sock)

@@ -214,7 +214,8 @@ class RecordObserver:
     def client_extensions(self) -> dict[int, bytes]:
         """Record-size extensions (RFC 6066 type 1, RFC 8449 type 28) of the ClientHello,
         as ``{type: data}``."""
-        self._settle()
+        if self._hellos:
+            self._settle()
         return self._client_extensions
 
     @client_extensions.setter
@@ -225,7 +226,8 @@ class RecordObserver:
     @property
     def server_extensions(self) -> dict[int, bytes]:
         """The same, of the server's ServerHello plus EncryptedExtensions."""
-        self._settle()
+        if self._hellos:
+            self._settle()
         return self._server_extensions
 
     @server_extensions.setter
@@ -236,7 +238,8 @@ class RecordObserver:
     @property
     def hello_error(self) -> str | None:
         """Why a hello could not be parsed (then the record size limit is unknown)."""
-        self._settle()
+        if self._hellos:
+            self._settle()
         return self._hello_error
 
     @hello_error.setter
@@ -247,7 +250,8 @@ class RecordObserver:
     @property
     def compression(self) -> int:
         """The ServerHello's compression method (TLS 1.2; 0: none)."""
-        self._settle()
+        if self._hellos:
+            self._settle()
         return self._compression
 
     @compression.setter
