@@ -359,8 +359,33 @@ VARIANTS: dict[str, Variant] = {
         Variant("rr_tcp", "rr", "plain TCP", "no TLS"),
         Variant("conn_ktls", "conn", "ossl_ktls", "handshake + wrap() on both ends"),
         Variant("conn_pyopenssl", "conn", "pyOpenSSL", "handshake only, no prepare()"),
-        Variant("conn_stdlib", "conn", "stdlib ssl", "client stdlib, server pyOpenSSL"),
+        Variant("conn_stdlib", "conn", "stdlib ssl client", "server pyOpenSSL"),
+        Variant(
+            "conn_stdlib_ktls",
+            "conn",
+            "stdlib ssl client + KTLS bit",
+            "OpenSSL's own kernel set-up, in C (server pyOpenSSL)",
+        ),
+        Variant("conn_srv_stdlib", "conn", "stdlib ssl server", "client pyOpenSSL"),
+        Variant(
+            "conn_srv_stdlib_ktls",
+            "conn",
+            "stdlib ssl server + KTLS bit",
+            "OpenSSL's own kernel set-up, in C (client pyOpenSSL)",
+        ),
         Variant("conn_tcp", "conn", "plain TCP", "connect only"),
+        Variant(
+            "conn_ktls_resumed",
+            "conn",
+            "ossl_ktls, resumed",
+            "the client offers the previous connection's session",
+        ),
+        Variant(
+            "conn_pyopenssl_resumed",
+            "conn",
+            "pyOpenSSL, resumed",
+            "the client offers the previous connection's session",
+        ),
         Variant(
             "serve", "conc", "ossl_ktls serve", "python -m ossl_ktls serve, N downloads at once"
         ),

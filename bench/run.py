@@ -73,6 +73,20 @@ RX_VARIANTS = [k for k, v in VARIANTS.items() if v.part == "rx"]
 RR_VARIANTS = [k for k, v in VARIANTS.items() if v.part == "rr"]
 CONN_VARIANTS = [k for k, v in VARIANTS.items() if v.part == "conn"]
 PARTS = ("tx", "rx", "rr", "conn", "anchor", "ftps", "conc", "prof")
+#: The connection variants: (client stack, server stack, resume the previous session).
+#: The stdlib's clients and servers face pyOpenSSL, which pins the suite (Python 3.11's
+#: ssl cannot choose TLS 1.3 suites); the KTLS-bit pairs are the C anchor, one per side.
+CONN_STACKS: dict[str, tuple[str, str, bool]] = {
+    "conn_ktls": ("ktls", "ktls", False),
+    "conn_pyopenssl": ("pyopenssl", "pyopenssl", False),
+    "conn_stdlib": ("stdlib", "pyopenssl", False),
+    "conn_stdlib_ktls": ("stdlib_ktls", "pyopenssl", False),
+    "conn_srv_stdlib": ("pyopenssl", "stdlib", False),
+    "conn_srv_stdlib_ktls": ("pyopenssl", "stdlib_ktls", False),
+    "conn_tcp": ("tcp", "tcp", False),
+    "conn_ktls_resumed": ("ktls", "ktls", True),
+    "conn_pyopenssl_resumed": ("pyopenssl", "pyopenssl", True),
+}
 ANCHOR_VARIANTS = ["ktls_sendfile", "openssl_c_ktls", "pyopenssl_sendall"]
 
 
@@ -873,14 +887,14 @@ class Bench:
     def conn_sample(self, rep: int, suite: str, variant: str) -> None:
         base = {"part": "conn", "suite": suite, "size": 0, "variant": variant, "rep": rep}
         _, b = self.workers()
-        stack = variant.removeprefix("conn_")
-        server_stack = "pyopenssl" if stack == "stdlib" else stack
+        stack, server_stack, resume = CONN_STACKS[variant]
         measured = {
             "op": "conn_client",
             "stack": stack,
             "suite": suite,
             "port": b.port,
             "seconds": self.plan.conn_seconds,
+            "resume": resume,
         }
         peer = {"op": "conn_server", "stack": server_stack, "suite": suite}
         self.record(base, self.pair(measured, peer))

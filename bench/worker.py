@@ -96,6 +96,9 @@ class Endpoint(Protocol):
 
     def close(self) -> None: ...
 
+    def session(self) -> Any:
+        """What a client offers to resume this session next time (None: nothing)."""
+
 
 class TcpEnd:
     def __init__(self, sock: socket.socket) -> None:
@@ -112,6 +115,9 @@ class TcpEnd:
 
     def close(self) -> None:
         self.sock.close()
+
+    def session(self) -> Any:
+        return None
 
 
 class KtlsEnd:
@@ -130,6 +136,9 @@ class KtlsEnd:
 
     def close(self) -> None:
         self.k.close()
+
+    def session(self) -> Any:
+        return self.k.get_session()
 
 
 class PyOpenSSLEnd:
@@ -159,6 +168,9 @@ class PyOpenSSLEnd:
             self.conn.shutdown()
         self.sock.close()
 
+    def session(self) -> Any:
+        return self.conn.get_session()
+
 
 class StdlibEnd:
     def __init__(self, ssock: ssl.SSLSocket) -> None:
@@ -179,6 +191,9 @@ class StdlibEnd:
     def close(self) -> None:
         self.ssock.close()
 
+    def session(self) -> Any:
+        return self.ssock.session
+
 
 @dataclass
 class Handshake:
@@ -191,6 +206,7 @@ class Handshake:
     ktls_rx: bool
     cipher: str
     fallback_reason: str | None = None
+    resumed: bool = False
 
 
 def configure(sock: socket.socket, nodelay: bool) -> socket.socket:
@@ -241,6 +257,9 @@ class Worker:
         self.payload_dir: str = config["payload_dir"]
         self.allow_fallback = bool(config.get("allow_fallback", False))
         self.pid = os.getpid()
+        # What the kernel takes is probed once per process (cached): here, so that no
+        # measured sample pays for it.
+        ossl_ktls.probe()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind((HOST, 0))
@@ -302,10 +321,17 @@ class Worker:
         return configure(sock, nodelay)
 
     def establish(
-        self, stack: str, suite: Suite, sock: socket.socket, *, server: bool
+        self,
+        stack: str,
+        suite: Suite,
+        sock: socket.socket,
+        *,
+        server: bool,
+        session: Any = None,
     ) -> Handshake:
         """Handshake *sock* with *stack* (``ktls``, ``pyopenssl``, ``stdlib``,
-        ``stdlib_ktls``, ``tcp``); the handshake and the hand-over are timed apart."""
+        ``stdlib_ktls``, ``tcp``); the handshake and the hand-over are timed apart.
+        A client given *session* offers it for resumption."""
         if stack == "tcp":
             return Handshake(TcpEnd(sock), 0.0, 0.0, False, False, "none")
         if stack in ("ktls", "pyopenssl"):
@@ -315,12 +341,17 @@ class Worker:
                 conn.set_accept_state()
             else:
                 conn.set_connect_state()
+                if session is not None:
+                    conn.set_session(session)
             t0 = time.perf_counter()
             conn.do_handshake()
             t1 = time.perf_counter()
             cipher = conn.get_cipher_name() or "?"
+            resumed = ossl_ktls._openssl.session_reused(conn)
             if stack == "pyopenssl":
-                return Handshake(PyOpenSSLEnd(conn, sock), t1 - t0, 0.0, False, False, cipher)
+                return Handshake(
+                    PyOpenSSLEnd(conn, sock), t1 - t0, 0.0, False, False, cipher, None, resumed
+                )
             if self.profiler is not None:
                 self.profiler.enable()
             k = ossl_ktls.wrap(conn)
@@ -328,16 +359,27 @@ class Worker:
                 self.profiler.disable()
             t2 = time.perf_counter()
             return Handshake(
-                KtlsEnd(k, sock), t1 - t0, t2 - t1, k.ktls_tx, k.ktls_rx, cipher, k.fallback_reason
+                KtlsEnd(k, sock),
+                t1 - t0,
+                t2 - t1,
+                k.ktls_tx,
+                k.ktls_rx,
+                cipher,
+                k.fallback_reason,
+                resumed,
             )
         ctx2 = self.stdctx(suite, server=server, ktls_bit=stack == "stdlib_ktls")
-        ssock = ctx2.wrap_socket(sock, server_side=server, do_handshake_on_connect=False)
+        ssock = ctx2.wrap_socket(
+            sock, server_side=server, do_handshake_on_connect=False, session=session
+        )
         t0 = time.perf_counter()
         ssock.do_handshake()
         t1 = time.perf_counter()
         cipher = (ssock.cipher() or ("?",))[0]
         tx, rx = kernel_tls_on(ssock, TLS_TX), kernel_tls_on(ssock, TLS_RX)
-        return Handshake(StdlibEnd(ssock), t1 - t0, 0.0, tx, rx, cipher)
+        return Handshake(
+            StdlibEnd(ssock), t1 - t0, 0.0, tx, rx, cipher, None, bool(ssock.session_reused)
+        )
 
     def require(self, hs: Handshake, stack: str, direction: str, suite: Suite) -> None:
         """Raise Unavailable when *stack* should carry *direction* in the kernel but does not."""
@@ -629,6 +671,7 @@ class Worker:
         count = 0
         hs_total = wrap_total = 0.0
         one = bytearray(len(PING))
+        cpu0 = proc_cpu(self.pid)
         while True:
             sock = self.accept(nodelay=True)
             try:
@@ -649,7 +692,16 @@ class Worker:
                 print(f"bench worker: conn_server: {exc!r}", file=sys.stderr)
             finally:
                 sock.close()
-        return {"status": "ok", "count": count, "handshake_s": hs_total, "wrap_s": wrap_total}
+        cpu = (proc_cpu(self.pid) - cpu0).as_json()
+        return {
+            "status": "ok",
+            "count": count,
+            "handshake_s": hs_total,
+            "wrap_s": wrap_total,
+            # The server process's CPU over the whole sample (it waits in accept() between
+            # connections, which costs none).
+            "cpu_s": cpu["cpu_s"],
+        }
 
     def op_conn_client(self, cmd: Json) -> Json:
         suite = SUITES[cmd["suite"]]
@@ -659,6 +711,9 @@ class Worker:
         count = 0
         hs_total = wrap_total = 0.0
         ktls_tx = ktls_rx = True
+        resume = bool(cmd.get("resume"))
+        session: Any = None
+        resumed = 0
         one = memoryview(bytearray(PING))
         if cmd.get("profile"):
             self.profiler = cProfile.Profile()  # enabled around wrap() only
@@ -667,18 +722,23 @@ class Worker:
             while True:
                 sock = self.connect(port, nodelay=True)
                 try:
-                    hs = self.establish(stack, suite, sock, server=False)
+                    hs = self.establish(stack, suite, sock, server=False, session=session)
                     if count == 0:
                         self.require(hs, stack, "tx", suite)
                     try:
                         hs.end.sendall(one)
                         if not read_exactly(hs.end, one):
                             raise ConnectionError("server closed early")
+                        if resume:
+                            # The session to offer next time (TLS 1.3: its ticket came
+                            # after the handshake, read with the server's answer).
+                            session = hs.end.session()
                     finally:
                         hs.end.close()
                 finally:
                     sock.close()
                 count += 1
+                resumed += hs.resumed
                 hs_total += hs.handshake_s
                 wrap_total += hs.wrap_s
                 ktls_tx &= hs.ktls_tx
@@ -699,6 +759,7 @@ class Worker:
             "ktls_tx": ktls_tx,
             "ktls_rx": ktls_rx,
             "cipher": hs.cipher,
+            "resumed": resumed,
         }
         return self.take_profile(out)
 
