@@ -362,9 +362,9 @@ def test_tickets_from_s_server(peers: PeerFactory, certs: CertSet, handover: Han
     """s_server (TLS 1.3, ``-num_tickets 3``) sends three NewSessionTickets after the handshake.
 
     Contract: data both ways stays intact around them; with kernel RX each ticket is
-    handed to ``ticket_callback`` as one whole NewSessionTicket message (exactly 3);
-    with user-space RX OpenSSL consumes them itself (no callback) and the session then
-    carries a ticket (its encoding grows).
+    handed to ``ticket_callback`` as one whole NewSessionTicket message (exactly 3) and
+    relayed to OpenSSL; with user-space RX OpenSSL consumes them itself (no callback).
+    Either way the session then carries a ticket (its encoding grows).
     """
     version, cipher = "1.3", "aes-128-gcm"
     srv, port = peers.server(
@@ -397,10 +397,10 @@ def test_tickets_from_s_server(peers: PeerFactory, certs: CertSet, handover: Han
             check_new_session_ticket(raw)
     else:
         assert tickets == [], "user-space RX: OpenSSL handles tickets, no callback"
-        later = k.get_session()
-        assert later is not None
-        grown = lib.i2d_SSL_SESSION(later._session, ffi.NULL)
-        assert grown > session_size, "OpenSSL did not store the tickets in the session"
+    later = k.get_session()
+    assert later is not None
+    grown = lib.i2d_SSL_SESSION(later._session, ffi.NULL)
+    assert grown > session_size, "OpenSSL did not store the tickets in the session"
     k.shutdown()
     assert k.recv(4096) == b""
     k.close()
@@ -450,17 +450,19 @@ def test_resumption_by_s_client(
         assert sess.exists(), "s_client wrote no session"
 
 
+@pytest.mark.parametrize(("version", "cipher"), [("1.2", "aes-256-gcm"), ("1.3", "aes-128-gcm")])
 def test_resumption_against_s_server(
-    peers: PeerFactory, certs: CertSet, handover: Handover
+    peers: PeerFactory, certs: CertSet, handover: Handover, version: str, cipher: str
 ) -> None:
-    """ossl_ktls client resumes a TLS 1.2 session with s_server (abbreviated handshake).
+    """ossl_ktls client resumes a session with s_server.
 
-    Contract: the session from the first connection (ticket in the TLS 1.2 handshake)
-    is resumed on the second (``SSL_session_reused``); in the abbreviated handshake the
-    server's Finished comes first, and the handover still takes the declared path with
-    data intact both ways on both connections.
+    Contract: the session from the first connection is resumed on the second
+    (``SSL_session_reused``). TLS 1.2: the ticket comes in the handshake, and in the
+    abbreviated handshake the server's Finished comes first. TLS 1.3: s_server's tickets
+    come after the handshake, so with kernel RX they reach OpenSSL only through the
+    relay. The handover still takes the declared path with data intact both ways on both
+    connections.
     """
-    version, cipher = "1.2", "aes-256-gcm"
     srv, port = peers.server(
         S_SERVER, lambda p: s_server_argv(p, certs, version, cipher, naccept=2)
     )
