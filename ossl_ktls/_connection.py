@@ -172,7 +172,9 @@ class KTLSConnection:
         return self._conn.get_alpn_proto_negotiated()
 
     def get_session(self) -> SSL.Session | None:
-        """``SSL.Connection.get_session`` (for resumption)."""
+        """``SSL.Connection.get_session`` (for resumption; with the newest TLS 1.3 ticket
+        kernel RX received, also after ``close()``)."""
+        self._engine.relay_tickets()
         return self._conn.get_session()
 
     def get_context(self) -> SSL.Context:

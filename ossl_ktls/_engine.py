@@ -220,6 +220,8 @@ class Engine:
         self.secrets: TrafficSecrets | None = None  # TLS 1.3, kernel directions, rekeyable
         # TLS 1.3 client with kernel RX: seals the tickets the kernel receives for OpenSSL.
         self.ticket_sealer: TicketSealer | None = None
+        self.unrelayed_ticket: bytes | None = None  # the newest, as received
+        self.ticket_record: bytes | None = None  # the newest, sealed, not yet read
         self.state = State.OPEN
         self.error: Error | None = None
         self.tx_lock = threading.RLock()
@@ -295,20 +297,39 @@ class Engine:
         if self.secrets is not None:
             self.secrets.wipe()
         if self.ticket_sealer is not None:
+            self._seal_ticket()  # the last one stays ready for get_session(), sealed
             self.ticket_sealer.wipe()
             self.ticket_sealer = None
         _openssl.state_of(self.conn).wipe()
 
-    def relay_ticket(self, message: bytes) -> None:
-        """Give OpenSSL a NewSessionTicket kernel RX received (see ``_relay``), so that
-        ``get_session()`` can resume. Where OpenSSL does not take it, relaying stops and
-        the connection goes on: a missing ticket costs a full handshake next time."""
-        sealer = self.ticket_sealer
-        if sealer is None:
-            return
+    # TLS 1.3 tickets for OpenSSL (client, kernel RX; see ``_relay``). Only the newest
+    # ticket matters (each one replaces the session OpenSSL hands out), and only when
+    # someone asks for the session: it is sealed for OpenSSL at the latest when the keys
+    # are wiped, and read by OpenSSL when ``get_session()`` is called.
+
+    def keep_ticket(self, message: bytes) -> None:
+        """Keep a NewSessionTicket kernel RX received, for ``get_session()``."""
+        if self.ticket_sealer is not None:
+            self.unrelayed_ticket = message
+
+    def _seal_ticket(self) -> None:
+        message, sealer = self.unrelayed_ticket, self.ticket_sealer
+        if message is not None and sealer is not None:
+            self.unrelayed_ticket = None
+            # At OpenSSL's next read sequence number, replacing one sealed before.
+            self.ticket_record = sealer.seal(HANDSHAKE, message, advance=False)
+
+    def relay_tickets(self) -> None:
+        """Let OpenSSL read the newest ticket kernel RX received, so that its session
+        (``get_session()``) resumes. Where OpenSSL does not take it, relaying stops and
+        nothing else changes: a missing ticket costs a full handshake next time."""
         with self.ssl_lock:
+            self._seal_ticket()
+            record, self.ticket_record = self.ticket_record, None
+            if record is None:
+                return
             try:
-                BaseConnection.bio_write(self.conn, sealer.seal(HANDSHAKE, message))
+                BaseConnection.bio_write(self.conn, record)
                 try:
                     data = BaseConnection.recv(self.conn, 1)
                 except SSL.WantReadError:
@@ -316,9 +337,13 @@ class Engine:
                 taken = not data and not _openssl.pending_output(self.conn)
             except SSL.Error:
                 taken = False
-            if not taken:
-                sealer.wipe()
-                self.ticket_sealer = None
+            sealer = self.ticket_sealer
+            if sealer is not None:
+                if taken:
+                    sealer.skip(record)
+                else:
+                    sealer.wipe()
+                    self.ticket_sealer = None
 
     def rekey(self, direction: Direction) -> None:
         """Move kernel *direction* to its next TLS 1.3 traffic secret (a KeyUpdate; the

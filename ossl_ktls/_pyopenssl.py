@@ -388,6 +388,12 @@ class Connection(SSL.Connection):
             state |= SSL.RECEIVED_SHUTDOWN
         return state
 
+    def get_session(self) -> SSL.Session | None:
+        engine = self._ktls
+        if engine is not None:
+            engine.relay_tickets()  # the newest TLS 1.3 ticket kernel RX received
+        return super().get_session()
+
     def set_shutdown(self, state: int) -> None:
         super().set_shutdown(state)
         engine = self._ktls

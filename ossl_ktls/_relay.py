@@ -10,6 +10,11 @@ sections 5.2 and 5.3) under that key, at OpenSSL's next read sequence number, wr
 OpenSSL's read BIO and read there: OpenSSL stores the ticket in its session as it would
 have, and calls the Context's session callbacks.
 
+Only the newest ticket is relayed, and only when the session is asked for
+(``get_session()``): each ticket replaces the session OpenSSL hands out, and most clients
+never ask. The engine seals it at the latest when it wipes the keys (close), so that
+``get_session()`` still works on a closed connection.
+
 :class:`TicketSealer` is pure (AEAD from ``cryptography``); the engine does the OpenSSL
 part. A KeyUpdate from the peer moves the kernel's key, never OpenSSL's: the sealer keeps
 the key OpenSSL has.
@@ -52,12 +57,15 @@ class TicketSealer:
         self._iv = iv
         self.seq = seq
 
-    def seal(self, content_type: int, payload: bytes) -> bytes:
+    def seal(self, content_type: int, payload: bytes, *, advance: bool = True) -> bytes:
         """TLS 1.3 records (TLSCiphertext, RFC 8446 section 5.2) carrying *payload* of
-        *content_type*, split at the 2^14-byte limit; each uses the next sequence number."""
+        *content_type*, split at the 2^14-byte limit; each uses the next sequence number.
+        With ``advance=False`` the sequence number stays (call :meth:`skip` once the
+        records were read)."""
         out = bytearray()
         aead = _AEADS[self._suite.name](self._key)
         iv = int.from_bytes(self._iv, "big")
+        first = self.seq
         for start in range(0, max(len(payload), 1), MAX_PLAINTEXT):
             inner = payload[start : start + MAX_PLAINTEXT] + bytes([content_type])
             header = (
@@ -69,7 +77,16 @@ class TicketSealer:
             nonce = (iv ^ self.seq).to_bytes(12, "big")
             out += header + aead.encrypt(nonce, inner, header)
             self.seq += 1
+        if not advance:
+            self.seq = first
         return bytes(out)
+
+    def skip(self, records: bytes) -> None:
+        """Count the records in *records* (made by :meth:`seal`) as read."""
+        pos = 0
+        while pos + 5 <= len(records):
+            pos += 5 + int.from_bytes(records[pos + 3 : pos + 5], "big")
+            self.seq += 1
 
     def wipe(self) -> None:
         """Zero the key and IV."""

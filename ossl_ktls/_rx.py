@@ -118,7 +118,7 @@ class KernelRx:
                 _records.parse_new_session_ticket_13(msg.body)
             except Error as exc:
                 raise e.fatal(exc) from exc
-            e.relay_ticket(msg.raw)
+            e.keep_ticket(msg.raw)
             if e.on_ticket is not None:
                 e.on_ticket(msg.raw)
         elif action is rules.Action.KEY_UPDATE:

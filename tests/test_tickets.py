@@ -22,6 +22,7 @@ from collections.abc import Callable
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 from OpenSSL import SSL
+from OpenSSL.SSL import Connection as PyOpenSSLConnection  # bound now: never patched
 
 import ossl_ktls
 from ossl_ktls._keys import tls13_traffic_key_iv
@@ -33,11 +34,11 @@ from tests._pairs import (
     CIPHERS,
     Certs,
     Peer,
-    connected_pair,
     digest,
     k_read_exactly,
     make_context,
     read_exactly,
+    tcp_pair,
 )
 
 ExpectKernel = Callable[[str, str, str], bool]
@@ -150,12 +151,21 @@ def _one_connection(
     sctx: SSL.Context,
     session: SSL.Session | None,
     *,
-    wrap: bool,
+    mode: str,
     tickets: list[bytes],
 ) -> tuple[SSL.Session | None, bool, bool]:
     """Connect, read 64 KiB from the server (its tickets come first), close; return the
-    session to offer next, whether this one resumed, and whether kernel RX read."""
-    client, server = connected_pair(cctx, sctx, handshake=False)
+    session to offer next (taken after the close), whether this one resumed, and whether
+    kernel RX read. *mode*: ``pyopenssl`` (plain), ``wrap`` (KTLSConnection) or
+    ``facade`` (``ossl_ktls.Connection``, pyOpenSSL's API)."""
+    csock, ssock = tcp_pair()
+    csock.setblocking(True)  # as _pairs.connected_pair: pyOpenSSL's calls cannot time out
+    ssock.setblocking(True)
+    cls = ossl_ktls.Connection if mode == "facade" else PyOpenSSLConnection
+    client, server = cls(cctx, csock), PyOpenSSLConnection(sctx, ssock)
+    client.set_connect_state()
+    client.set_tlsext_host_name(b"localhost")
+    server.set_accept_state()
     if session is not None:
         client.set_session(session)
     data = os.urandom(65536)
@@ -168,39 +178,47 @@ def _one_connection(
     peer = Peer(serve)
     client.do_handshake()
     resumed = session_reused(client)
-    if wrap:
+    if mode == "wrap":
         k = ossl_ktls.wrap(client, ticket_callback=lambda _k, msg: tickets.append(msg))
         assert digest(k_read_exactly(k, len(data))) == digest(data)
-        nxt, in_kernel = k.get_session(), k.ktls_rx
+        in_kernel = k.ktls_rx
         k.close()
+        nxt = k.get_session()
     else:
         assert digest(read_exactly(client, len(data))) == digest(data)
-        nxt, in_kernel = client.get_session(), False
+        in_kernel = bool(getattr(client, "ktls_rx", False))
         client.shutdown()
         client.sock_shutdown(2)
+        nxt = client.get_session()
     with contextlib.suppress(SSL.Error):
         peer.result()  # its last read may see the close without close_notify
+    for sock in (csock, ssock):
+        sock.close()
     return nxt, resumed, in_kernel
 
 
 def test_tls13_clients_resume_after_the_hand_over(
     certs: Certs, expect_kernel: ExpectKernel, can_rekey: bool
 ) -> None:
-    """A wrapped TLS 1.3 client resumes its next connection from ``get_session()``, like a
-    plain pyOpenSSL client against the same server. Where kernel RX carried the tickets,
-    each one also reached ticket_callback."""
+    """A wrapped TLS 1.3 client, and one through ``ossl_ktls.Connection``, resume their
+    next connection from ``get_session()`` (taken after the close), like a plain pyOpenSSL
+    client against the same server. Where kernel RX carried the tickets, each one also
+    reached ticket_callback."""
     sctx = make_context(certs, server=True, version="1.3", cipher="aes-128-gcm", prepare=False)
+    kernel_rx = expect_kernel("rx", "1.3", "aes-128-gcm") and can_rekey
     results = {}
-    for wrap in (False, True):
-        cctx = make_context(certs, server=False, version="1.3", cipher="aes-128-gcm")
+    for mode in ("pyopenssl", "wrap", "facade"):
+        cctx = make_context(
+            certs, server=False, version="1.3", cipher="aes-128-gcm", prepare=mode == "wrap"
+        )
         tickets: list[bytes] = []
-        first, resumed0, kernel0 = _one_connection(cctx, sctx, None, wrap=wrap, tickets=tickets)
+        first, resumed0, kernel0 = _one_connection(cctx, sctx, None, mode=mode, tickets=tickets)
         assert not resumed0
-        _, resumed1, kernel1 = _one_connection(cctx, sctx, first, wrap=wrap, tickets=tickets)
-        results[wrap] = resumed1
-        if wrap:
-            kernel_rx = expect_kernel("rx", "1.3", "aes-128-gcm") and can_rekey
-            assert kernel0 == kernel_rx and kernel1 == kernel_rx
+        _, resumed1, kernel1 = _one_connection(cctx, sctx, first, mode=mode, tickets=tickets)
+        results[mode] = resumed1
+        if mode != "pyopenssl":
+            assert kernel0 == kernel_rx and kernel1 == kernel_rx, mode
+        if mode == "wrap":
             # The first connection's tickets came through kernel RX, or through OpenSSL.
             assert (len(tickets) >= 1) == kernel_rx
-    assert results == {False: True, True: True}
+    assert results == {"pyopenssl": True, "wrap": True, "facade": True}
