@@ -453,6 +453,14 @@ class Engine:
             if not self.close_notify_sent:
                 self.tx.send_alert(ALERT_WARNING, CLOSE_NOTIFY)
                 self.close_notify_sent = True
+                if self.tx.kernel:
+                    # The kernel sent it, not OpenSSL: tell OpenSSL, or it takes the
+                    # connection for one that ended uncleanly and, when the Connection is
+                    # freed, makes its session non-resumable (ssl_clear_bad_session), also
+                    # the one get_session() handed out.
+                    with self.ssl_lock:
+                        state = BaseConnection.get_shutdown(self.conn)
+                        BaseConnection.set_shutdown(self.conn, state | SSL.SENT_SHUTDOWN)
 
     # ------------------------------------------------------------------ receiving
 
