@@ -316,8 +316,9 @@ class Engine:
         message, sealer = self.unrelayed_ticket, self.ticket_sealer
         if message is not None and sealer is not None:
             self.unrelayed_ticket = None
-            # At OpenSSL's next read sequence number, replacing one sealed before.
-            self.ticket_record = sealer.seal(HANDSHAKE, message, advance=False)
+            # At OpenSSL's next read sequence number. A record is sealed only to be read at
+            # once (here) or when the keys are wiped (no ticket comes after that).
+            self.ticket_record = sealer.seal(HANDSHAKE, message)
 
     def relay_tickets(self) -> None:
         """Let OpenSSL read the newest ticket kernel RX received, so that its session
@@ -337,13 +338,9 @@ class Engine:
                 taken = not data and not _openssl.pending_output(self.conn)
             except SSL.Error:
                 taken = False
-            sealer = self.ticket_sealer
-            if sealer is not None:
-                if taken:
-                    sealer.skip(record)
-                else:
-                    sealer.wipe()
-                    self.ticket_sealer = None
+            if not taken and self.ticket_sealer is not None:
+                self.ticket_sealer.wipe()
+                self.ticket_sealer = None
 
     def rekey(self, direction: Direction) -> None:
         """Move kernel *direction* to its next TLS 1.3 traffic secret (a KeyUpdate; the
@@ -453,14 +450,6 @@ class Engine:
             if not self.close_notify_sent:
                 self.tx.send_alert(ALERT_WARNING, CLOSE_NOTIFY)
                 self.close_notify_sent = True
-                if self.tx.kernel:
-                    # The kernel sent it, not OpenSSL: tell OpenSSL, or it takes the
-                    # connection for one that ended uncleanly and, when the Connection is
-                    # freed, makes its session non-resumable (ssl_clear_bad_session), also
-                    # the one get_session() handed out.
-                    with self.ssl_lock:
-                        state = BaseConnection.get_shutdown(self.conn)
-                        BaseConnection.set_shutdown(self.conn, state | SSL.SENT_SHUTDOWN)
 
     # ------------------------------------------------------------------ receiving
 

@@ -92,6 +92,14 @@ class KernelTx:
     def send_alert(self, level: int, description: int) -> None:
         self._send_control(_records.CONTENT_ALERT, bytes([level, description]), "send alert")
         self._count(2)
+        if description == CLOSE_NOTIFY:
+            # The kernel sent it, not OpenSSL: tell OpenSSL, or it takes the connection for
+            # one that ended uncleanly and, when the Connection is freed, makes its session
+            # non-resumable (ssl_clear_bad_session), also the one get_session() handed out.
+            e = self._e
+            with e.ssl_lock:
+                state = BaseConnection.get_shutdown(e.conn)
+                BaseConnection.set_shutdown(e.conn, state | SSL.SENT_SHUTDOWN)
 
     def backlog(self) -> int:
         return 0
