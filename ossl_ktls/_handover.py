@@ -306,11 +306,11 @@ def _install(
         rx_state = crypto_state("1.3", suite, bytearray(rx_key), rx_iv, rx_seq)
         if not engine.is_server and want_rx and want_tx:
             # OpenSSL's read key and sequence number as they are now, for the tickets
-            # kernel RX will receive (see _relay).
-            sealer = TicketSealer(suite, rx_key, bytearray(rx_iv), rx_seq)
+            # kernel RX will receive (see _relay). crypto_state copied what it needs.
+            sealer = TicketSealer(suite, rx_key, rx_iv, rx_seq)
         else:
             rx_key[:] = bytes(len(rx_key))
-        rx_iv[:] = bytes(len(rx_iv))
+            rx_iv[:] = bytes(len(rx_iv))
     try:
         if not ulp_attached:
             uapi.set_ulp(sock)

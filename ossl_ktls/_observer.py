@@ -196,6 +196,8 @@ class RecordObserver:
 
     def _settle(self) -> None:
         """Parse the hellos kept since the last look, in the order they came."""
+        if not self._hellos:
+            return
         hellos, self._hellos = self._hellos, []
         for msg_type, message in hellos:
             try:
@@ -214,8 +216,7 @@ class RecordObserver:
     def client_extensions(self) -> dict[int, bytes]:
         """Record-size extensions (RFC 6066 type 1, RFC 8449 type 28) of the ClientHello,
         as ``{type: data}``."""
-        if self._hellos:
-            self._settle()
+        self._settle()
         return self._client_extensions
 
     @client_extensions.setter
@@ -226,8 +227,7 @@ class RecordObserver:
     @property
     def server_extensions(self) -> dict[int, bytes]:
         """The same, of the server's ServerHello plus EncryptedExtensions."""
-        if self._hellos:
-            self._settle()
+        self._settle()
         return self._server_extensions
 
     @server_extensions.setter
@@ -238,8 +238,7 @@ class RecordObserver:
     @property
     def hello_error(self) -> str | None:
         """Why a hello could not be parsed (then the record size limit is unknown)."""
-        if self._hellos:
-            self._settle()
+        self._settle()
         return self._hello_error
 
     @hello_error.setter
@@ -250,8 +249,7 @@ class RecordObserver:
     @property
     def compression(self) -> int:
         """The ServerHello's compression method (TLS 1.2; 0: none)."""
-        if self._hellos:
-            self._settle()
+        self._settle()
         return self._compression
 
     @compression.setter

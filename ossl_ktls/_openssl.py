@@ -83,10 +83,6 @@ _connection_by_ssl: Callable[[Any], SSL.Connection | None] = cast(
 )._reverse_mapping.get
 
 
-def _connection_for(ssl: Any) -> SSL.Connection | None:
-    return _connection_by_ssl(ssl)
-
-
 def state_of(conn: SSL.Connection) -> ConnState:
     """The state the callbacks keep for *conn* (created on first use)."""
     st: ConnState | None = vars(conn).get(_STATE_ATTR)

@@ -420,12 +420,10 @@ class _Reader:
         return int.from_bytes(self.take(size), "big")
 
     def vector(self, len_size: int, minimum: int, maximum: int, field: str) -> bytes:
-        length = self.uint(len_size)
-        if not minimum <= length <= maximum:
-            raise DecodeError(
-                f"{self.what} {field} length {length} is outside {minimum}..{maximum}"
-            )
-        return self.take(length)
+        start = self._pos + len_size
+        end = _skip_vector(self._data, self._pos, len_size, minimum, maximum, self.what, field)
+        self._pos = end
+        return self._data[start:end]
 
     def remaining(self) -> int:
         return len(self._data) - self._pos
@@ -458,23 +456,31 @@ def parse_new_session_ticket_13(body: BytesLike) -> NewSessionTicket13:
 def _extension_list(data: bytes, what: str) -> list[tuple[int, bytes]]:
     """The ``(type, data)`` pairs of an extension block's contents, in wire order.
 
+    Index arithmetic over the bytes (no cursor object): hellos go through here for every
+    handshake of a prepared Context.
+
     Raises:
         DecodeError: a truncated extension (decode_error), or a type appearing twice
             (illegal_parameter, RFC 8446 section 4.2).
     """
-    block = _Reader(data, f"{what} extension")
     extensions: list[tuple[int, bytes]] = []
     seen: set[int] = set()
-    while block.remaining():
-        ext_type = block.uint(2)
-        ext_body = block.vector(2, 0, 2**16 - 1, "extension_data")
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + 4 > end:
+            raise DecodeError(f"{what} extension is truncated")
+        ext_type = (data[pos] << 8) | data[pos + 1]
+        ext_end = pos + 4 + ((data[pos + 2] << 8) | data[pos + 3])
+        if ext_end > end:
+            raise DecodeError(f"{what} extension is truncated")
         if ext_type in seen:
             raise DecodeError(
                 f"{what} repeats extension {ext_type} (RFC 8446 section 4.2)",
                 alert=AlertDescription.ILLEGAL_PARAMETER,
             )
         seen.add(ext_type)
-        extensions.append((ext_type, ext_body))
+        extensions.append((ext_type, data[pos + 4 : ext_end]))
+        pos = ext_end
     return extensions
 
 
@@ -591,8 +597,8 @@ def parse_hello(
             appearing twice (alert illegal_parameter, RFC 8446 section 4.2).
         UsageError: *msg_type* is none of the three.
     """
-    # One pass of index arithmetic over the bytes (no cursor object): this runs for every
-    # handshake of a prepared Context, so it stays cheap. Every length is still checked.
+    # Index arithmetic over the bytes (no cursor object): this runs for every handshake of
+    # a prepared Context, so it stays cheap. Every length is still checked.
     data = bytes(body)
     size = len(data)
     compression = 0
@@ -618,25 +624,7 @@ def parse_hello(
     end = _skip_vector(data, pos, 2, 0, 2**16 - 1, what, "extensions")
     if end != size:
         raise DecodeError(f"{what} has {size - end} trailing bytes")
-    kept: dict[int, bytes] = {}
-    seen: set[int] = set()
-    pos += 2
-    while pos < end:
-        if pos + 4 > end:
-            raise DecodeError(f"{what} extension is truncated")
-        ext_type = (data[pos] << 8) | data[pos + 1]
-        ext_end = pos + 4 + ((data[pos + 2] << 8) | data[pos + 3])
-        if ext_end > end:
-            raise DecodeError(f"{what} extension is truncated")
-        if ext_type in seen:
-            raise DecodeError(
-                f"{what} repeats extension {ext_type} (RFC 8446 section 4.2)",
-                alert=AlertDescription.ILLEGAL_PARAMETER,
-            )
-        seen.add(ext_type)
-        if ext_type in keep:
-            kept[ext_type] = data[pos + 4 : ext_end]
-        pos = ext_end
+    kept = {t: ext for t, ext in _extension_list(data[pos + 2 : end], what) if t in keep}
     return Hello(kept, compression)
 
 

@@ -57,15 +57,12 @@ class TicketSealer:
         self._iv = iv
         self.seq = seq
 
-    def seal(self, content_type: int, payload: bytes, *, advance: bool = True) -> bytes:
+    def seal(self, content_type: int, payload: bytes) -> bytes:
         """TLS 1.3 records (TLSCiphertext, RFC 8446 section 5.2) carrying *payload* of
-        *content_type*, split at the 2^14-byte limit; each uses the next sequence number.
-        With ``advance=False`` the sequence number stays (call :meth:`skip` once the
-        records were read)."""
+        *content_type*, split at the 2^14-byte limit; each uses the next sequence number."""
         out = bytearray()
         aead = _AEADS[self._suite.name](self._key)
         iv = int.from_bytes(self._iv, "big")
-        first = self.seq
         for start in range(0, max(len(payload), 1), MAX_PLAINTEXT):
             inner = payload[start : start + MAX_PLAINTEXT] + bytes([content_type])
             header = (
@@ -77,16 +74,7 @@ class TicketSealer:
             nonce = (iv ^ self.seq).to_bytes(12, "big")
             out += header + aead.encrypt(nonce, inner, header)
             self.seq += 1
-        if not advance:
-            self.seq = first
         return bytes(out)
-
-    def skip(self, records: bytes) -> None:
-        """Count the records in *records* (made by :meth:`seal`) as read."""
-        pos = 0
-        while pos + 5 <= len(records):
-            pos += 5 + int.from_bytes(records[pos + 3 : pos + 5], "big")
-            self.seq += 1
 
     def wipe(self) -> None:
         """Zero the key and IV."""
