@@ -313,6 +313,24 @@ class KTLSConnection:
         """
         return self._engine.sendfile(file, offset, count)
 
+    def send_stream(self, source: Any, count: int | None = None) -> int:
+        """Send what *source* delivers until its end (or *count* bytes); returns the bytes
+        sent. The counterpart of :meth:`recvfile`, for a tunnel or proxy.
+
+        *source*: a socket, a pipe, a file, or any object with ``readinto``. With kernel
+        TX the bytes go through a pipe by ``splice(2)``, kernel to kernel (each splice
+        makes one or more records, the last one closed); otherwise they are copied. The
+        end of *source* is not the end of the connection: call :meth:`shutdown` after.
+
+        Raises:
+            UsageError: a non-blocking socket, a negative count, no readable source.
+            LocalIOError: reading *source* failed: the stream the peer gets would be cut,
+                so the connection is reset (no close_notify); ``errno`` is the source's.
+            The errors of :meth:`send`. Each error carries ``bytes_sent``: what the
+            connection really took.
+        """
+        return self._engine.send_stream(source, count)
+
     def send_alert(self, level: int, description: int) -> None:
         """Send a TLS alert record (21) through kernel TX.
 
@@ -361,6 +379,31 @@ class KTLSConnection:
         if not len(view):
             return 0
         return self._engine.recv_into(view)
+
+    def recvfile(self, file: Any, count: int | None = None) -> int:
+        """Write what arrives to *file* until close_notify (or *count* bytes); returns the
+        bytes written. The mirror of :meth:`sendfile`.
+
+        *file*: a binary file (written at its position, which is left after the last
+        byte), a socket, a pipe, or any object with ``write``. With kernel RX the records
+        are decrypted into a pipe and spliced on to *file* by ``splice(2)``, never entering
+        Python; control records (tickets, KeyUpdate, alerts, close_notify) are handled
+        exactly as by :meth:`recv`. In user space, or where *file* cannot be spliced into
+        (``O_APPEND``, no descriptor), the bytes are copied instead.
+
+        A close_notify before *count* bytes ends it early: compare the result. With
+        *count*, nothing past it is read from the connection.
+
+        Raises:
+            TruncatedStream: TCP ended without close_notify (unless ``ragged_eof``).
+            LocalIOError: writing *file* failed (``errno`` is the file's: ENOSPC, EPIPE,
+                ...): what was taken off the connection for it is lost, so the connection
+                is reset (no close_notify).
+            UsageError: a non-blocking socket, a negative count, no writable *file*.
+            The errors of :meth:`recv`. Each error carries ``bytes_received``: the bytes
+            *file* really took before it.
+        """
+        return self._engine.recvfile(file, count)
 
     def pending(self) -> int:
         """Plaintext bytes already received and buffered in user space."""
@@ -491,6 +534,7 @@ def wrap(
     ragged_eof: bool = False,
     ticket_callback: TicketCallback | None = None,
     key_update_after: int | None = None,
+    half_close: bool = False,
 ) -> KTLSConnection:
     """Hand a pyOpenSSL Connection's record layer over to the kernel.
 
@@ -519,6 +563,10 @@ def wrap(
             after the hand-over (client side).
         key_update_after: TLS 1.3 kernel TX: send a KeyUpdate after about this many
             records. Default: half the AEAD usage limit of RFC 8446 section 5.5.
+        half_close: TLS 1.2: a close_notify from the peer ends its direction only, as
+            in TLS 1.3; ours goes at ``shutdown()``/``close()``, and data may still be sent
+            until then (a proxy passing a half-close on). By default TLS 1.2 answers the
+            peer's close_notify at once (RFC 5246 section 7.2.1).
 
     Raises:
         NotPrepared: the Connection's Context did not go through ``prepare()``.
@@ -538,6 +586,7 @@ def wrap(
             zerocopy_sendfile=zerocopy_sendfile,
             ragged_eof=ragged_eof,
             key_update_after=key_update_after,
+            half_close=half_close,
         ),
     )
     return KTLSConnection(engine, ticket_callback=ticket_callback)

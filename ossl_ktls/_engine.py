@@ -43,16 +43,18 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING, BinaryIO, Protocol
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from OpenSSL import SSL
 
 from . import _linux_tls as uapi
-from . import _openssl, _records
+from . import _openssl, _records, _splice
 from ._errors import (
     ConnectionClosed,
     Error,
+    KernelError,
     KeyUpdateUnsupported,
+    LocalIOError,
     TLSAlertError,
     UsageError,
     alert_name,
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
 
 MAX_RECORD = _records.MAX_PLAINTEXT
 READ_CHUNK = 65536
+STREAM_CHUNK = 1 << 20  # recvfile/send_stream: the most one splice step asks for
 CONTROL_WAIT = 30.0  # seconds a control record (or close()'s backlog) may wait for room
 
 ALERT_WARNING = AlertLevel.WARNING
@@ -100,6 +103,7 @@ class TxPath(Protocol):
 
     def send(self, view: memoryview, more: bool) -> int: ...
     def sendfile(self, fd: int, offset: int, count: int) -> int: ...
+    def send_pipe(self, pipe: _splice.Pipe, n: int) -> int: ...
     def can_send_alert(self, description: int) -> bool: ...
     def send_alert(self, level: int, description: int) -> None: ...
     def backlog(self) -> int: ...
@@ -119,6 +123,7 @@ class RxPath(Protocol):
     kernel: bool
 
     def recv_into(self, view: memoryview) -> int: ...
+    def splice_to(self, sink: _splice.Sink, want: int) -> int: ...
     def has_buffered_end(self) -> bool: ...
     def drain_once(self, buf: memoryview) -> int: ...
     def sequence(self) -> int: ...
@@ -406,6 +411,78 @@ class Engine:
                 file.seek(offset + sent)
         return sent
 
+    def send_stream(self, source: Any, count: int | None) -> int:
+        """Send what *source* delivers until its end (or *count* bytes): spliced through a
+        pipe into kernel TX where it can, copied otherwise. An error carries
+        ``bytes_sent``; a failing source resets the connection (see ``other_side_failed``)."""
+        if count is not None and count < 0:
+            raise UsageError("count must not be negative")
+        if self.sock.gettimeout() == 0.0:
+            raise UsageError("send_stream() needs a blocking socket or one with a timeout")
+        try:
+            src = _splice.Source(source)
+        except TypeError as exc:
+            raise UsageError(str(exc)) from exc
+        sent = 0
+        buf: memoryview | None = None
+        try:
+            while count is None or sent < count:
+                want = STREAM_CHUNK if count is None else min(count - sent, STREAM_CHUNK)
+                if src.splice:
+                    n = src.to_pipe(want)
+                    if n is None:
+                        continue  # not spliceable: read it from now on
+                    if n == 0:
+                        break
+                    assert src.pipe is not None
+                    with self.tx_lock:
+                        self.check_usable()
+                        if self.close_notify_sent:
+                            raise ConnectionClosed("send_stream() after shutdown()")
+                        sent += self.tx.send_pipe(src.pipe, n)
+                    continue
+                if buf is None:
+                    buf = memoryview(bytearray(READ_CHUNK))
+                n = src.read_into(buf[: min(want, READ_CHUNK)])
+                if n == 0:
+                    break
+                done = 0
+                try:
+                    while done < n:
+                        done += self.send(buf[done:n], False)
+                except (Error, OSError) as exc:
+                    exc.bytes_sent = done  # type: ignore[union-attr]
+                    raise
+                sent += n
+        except _splice.InputError as exc:
+            cut = self.other_side_failed("send_stream(): reading the source", exc.error, sent)
+            cut.bytes_sent = sent
+            raise cut from exc.error
+        except (Error, OSError) as exc:
+            exc.bytes_sent = sent + (getattr(exc, "bytes_sent", None) or 0)  # type: ignore[union-attr]
+            raise
+        finally:
+            src.close()
+        return sent
+
+    def other_side_failed(self, what: str, exc: OSError, done: int) -> LocalIOError:
+        """The file or socket on the other end of ``recvfile``/``send_stream`` failed.
+
+        The stream through this connection is then cut: what was taken off it for the
+        output is lost, or the source ended before its end. The connection is reset (no
+        close_notify: the peer must never take a cut stream for a whole one), and the
+        error names the other side's errno."""
+        code = exc.errno or (errno.ETIMEDOUT if isinstance(exc, TimeoutError) else errno.EIO)
+        err = LocalIOError(
+            f"{what} failed after {done} bytes: {exc.strerror or exc} (errno {code}); "
+            "the connection was reset",
+            errno=code,
+        )
+        if self.error is None:
+            self.error = err
+        self.abort()
+        return err
+
     def send_alert(self, level: int, description: int) -> None:
         """Send an alert record; a fatal one ends the connection."""
         if level not in (ALERT_WARNING, ALERT_FATAL) or not 0 <= description <= 255:
@@ -464,6 +541,51 @@ class Engine:
         if self.eof:
             return 0
         return self.rx.recv_into(view)
+
+    def recvfile(self, target: Any, count: int | None) -> int:
+        """Write what arrives to *target* until close_notify (or *count* bytes): spliced
+        from kernel RX through a pipe where it can, copied otherwise. Control records are
+        read the normal way (``recv_into``). An error carries ``bytes_received``, what
+        *target* took; a failing output resets the connection (``other_side_failed``)."""
+        if count is not None and count < 0:
+            raise UsageError("count must not be negative")
+        if self.sock.gettimeout() == 0.0:
+            raise UsageError("recvfile() needs a blocking socket or one with a timeout")
+        try:
+            sink = _splice.Sink(target)
+        except TypeError as exc:
+            raise UsageError(str(exc)) from exc
+        except _splice.OutputError as exc:  # its buffer, before anything was received
+            code = exc.error.errno or errno.EIO
+            err = KernelError(f"recvfile(): flushing the output failed: {exc}", errno=code)
+            err.bytes_received = 0
+            raise err from exc.error
+        buf: memoryview | None = None
+        try:
+            while count is None or sink.delivered < count:
+                want = STREAM_CHUNK if count is None else count - sink.delivered
+                if sink.splice and not self.rx_plain and not self.eof:
+                    self.check_usable()
+                    if self.rx.splice_to(sink, want):
+                        continue
+                if buf is None:
+                    buf = memoryview(bytearray(READ_CHUNK))
+                n = self.recv_into(buf[: min(want, READ_CHUNK)])
+                if n == 0:
+                    break
+                sink.write(buf[:n])
+        except _splice.OutputError as exc:
+            lost = self.other_side_failed(
+                "recvfile(): writing the output", exc.error, sink.delivered
+            )
+            lost.bytes_received = sink.delivered
+            raise lost from exc.error
+        except (Error, OSError) as exc:
+            exc.bytes_received = sink.delivered  # type: ignore[union-attr]
+            raise
+        finally:
+            sink.close()
+        return sink.delivered
 
     def has_buffered_input(self) -> bool:
         """True when the next receive answers without reading the socket."""

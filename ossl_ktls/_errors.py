@@ -54,16 +54,19 @@ class Error(Exception):
     Attributes:
         errno: the kernel errno this error came from, or ``None``.
         alert: the TLS alert description (RFC 8446 section 6) it corresponds to, or ``None``.
-        bytes_sent: on an error from ``sendfile``, the bytes the peer was really sent
+        bytes_sent: on an error from ``sendfile`` or ``send_stream``, the bytes the peer
+            was really sent before it (``None`` elsewhere).
+        bytes_received: on an error from ``recvfile``, the bytes the output really took
             before it (``None`` elsewhere).
 
-    Errors pickle and unpickle whole (message, errno, alert, bytes_sent and the
+    Errors pickle and unpickle whole (message, errno, alert, the byte counts and the
     attributes of subclasses), for process pools and logging handlers.
     """
 
     errno: int | None = None
     alert: int | None = None
     bytes_sent: int | None = None
+    bytes_received: int | None = None
 
     def __init__(self, message: str, *, errno: int | None = None, alert: int | None = None):
         super().__init__(message)
@@ -105,6 +108,13 @@ class ConnectionClosed(Error, OSError):
 
 class KernelError(Error, OSError):
     """A kernel call failed with an errno that has no more specific meaning here."""
+
+
+class LocalIOError(KernelError):
+    """The other end of ``recvfile``/``send_stream`` failed: writing the output (a full
+    disk, a closed pipe, a reset socket) or reading the source. ``errno`` is that
+    file's or socket's. The stream through the connection is cut there, so the
+    connection was reset (no close_notify)."""
 
 
 class ProtocolError(Error, ConnectionError):

@@ -62,6 +62,7 @@ class Options:
     zerocopy_sendfile: bool = False
     ragged_eof: bool = False
     key_update_after: int | None = None
+    half_close: bool = False
 
 
 def socket_of(conn: object) -> socket.socket:
@@ -154,6 +155,8 @@ def _decide(
         is_server=bool(obs.is_server),
         ragged_eof=options.ragged_eof,
     )
+    # TLS 1.2 with half_close: the peer's close_notify ends its direction only, as in 1.3.
+    engine.answer_close_notify = not options.half_close
     caps = uapi.probe()
     handshake = Handshake(
         version=version,

@@ -9,12 +9,23 @@ engine's ``TxPath`` answers.
 
 from __future__ import annotations
 
+import errno
+import os
+
 from OpenSSL import SSL
 
 from . import _linux_tls as uapi
 from . import _post_handshake as rules
 from . import _records
-from ._engine import ALERT_WARNING, MAX_RECORD, READ_CHUNK, Engine
+from ._engine import (
+    ALERT_WARNING,
+    MAX_RECORD,
+    READ_CHUNK,
+    Engine,
+    deadline_of,
+    nonblocking,
+    wait,
+)
 from ._errors import (
     Error,
     KeyUpdateUnsupported,
@@ -24,7 +35,10 @@ from ._errors import (
     UsageError,
 )
 from ._openssl import BaseConnection
+from ._splice import Sink
 from ._wire import Direction
+
+_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
 
 class KernelRx:
@@ -63,6 +77,54 @@ class KernelRx:
                 return m
             if self._control_record(rtype, bytes(target[:n])):
                 return 0
+
+    def splice_to(self, sink: Sink, want: int) -> int:
+        """Splice up to *want* bytes of application data (one record or its rest) from the
+        kernel into *sink*; how many, or 0 at the end of the stream (close_notify, or TCP
+        ended: ``recv_into`` then tells which). A control record at the head of the queue
+        makes the splice fail with EINVAL and stays there: it is read and carried out
+        here, as by ``recv_into``, and splicing goes on."""
+        sock = self._sock
+        pipe = sink.pipe()
+        deadline = deadline_of(sock)
+        while True:
+            try:
+                n = os.splice(sock.fileno(), pipe.w, min(want, pipe.size), flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                wait(sock, write=False, deadline=deadline)
+                continue
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise self._e.os_error(exc, "receive") from exc
+                n = self._not_spliced(sink)
+                if n < 0:
+                    continue  # a control record, carried out
+                return n
+            if n:
+                sink.from_pipe(n)
+            return n
+
+    def _not_spliced(self, sink: Sink) -> int:
+        """Read the record splice refused with ``recvmsg``: a control record is carried
+        out (-1, or 0 when it ended the stream); data is written to *sink* (its length)."""
+        e = self._e
+        target = memoryview(e.scratch)
+        # Non-blocking, without Python's poll before it: the record is there, but after a
+        # splice refused a KeyUpdate, Linux 7.2 polls the socket as not readable until
+        # that record is read (measured), so a socket timeout would wait in vain.
+        try:
+            with nonblocking(self._sock):
+                n, rtype = uapi.recv_record_into(self._sock, target)
+        except BlockingIOError:
+            wait(self._sock, write=False, deadline=deadline_of(self._sock))
+            return -1  # nothing was there after all: splice again
+        except OSError as exc:
+            raise e.os_error(exc, "receive") from exc
+        if rtype is None or rtype == _records.CONTENT_APPLICATION_DATA:
+            if n:
+                sink.write(target[:n])
+            return n  # 0 with no type: TCP ended, for recv_into to judge
+        return 0 if self._control_record(rtype, bytes(target[:n])) else -1
 
     def has_buffered_end(self) -> bool:
         return False
@@ -192,6 +254,9 @@ class UserRx:
                     BaseConnection.bio_shutdown(e.conn)
                 else:
                     BaseConnection.bio_write(e.conn, chunk)
+
+    def splice_to(self, sink: Sink, want: int) -> int:
+        return 0  # OpenSSL opens the records: everything goes the normal way
 
     def has_buffered_end(self) -> bool:
         return self._end is not None

@@ -20,6 +20,7 @@ from . import _linux_tls as uapi
 from ._engine import CLOSE_NOTIFY, MAX_RECORD, READ_CHUNK, Engine
 from ._errors import Error, KeyUpdateUnsupported, UsageError, from_errno
 from ._openssl import BaseConnection
+from ._splice import Pipe
 from ._wire import Direction
 
 
@@ -27,6 +28,19 @@ def _file_ended(sent: int, count: int) -> Error:
     err = Error(f"sendfile(): the file ended after {sent} of {count} bytes")
     err.bytes_sent = sent
     return err
+
+
+def _send_all(engine: Engine, view: memoryview) -> int:
+    """Send all of *view* (a blocking socket or one with a timeout: no EAGAIN); an error
+    carries ``bytes_sent``."""
+    done = 0
+    try:
+        while done < len(view):
+            done += engine.send(view[done:], False)
+    except (OSError, Error) as exc:
+        exc.bytes_sent = done  # type: ignore[union-attr]
+        raise
+    return done
 
 
 class KernelTx:
@@ -85,6 +99,35 @@ class KernelTx:
                 deadline = _engine.deadline_of(sock)  # per wait, like socket.sendfile
                 self._count(n)
         return sent
+
+    def send_pipe(self, pipe: Pipe, n: int) -> int:
+        """Splice the *n* bytes waiting in *pipe* into the socket (the kernel makes the
+        records; the last splice closes its record); an error carries ``bytes_sent``."""
+        sock = self._sock
+        self._maybe_auto_key_update()
+        done = 0
+        deadline = _engine.deadline_of(sock)
+        while done < n:
+            try:
+                m = os.splice(pipe.r, sock.fileno(), n - done, flags=os.SPLICE_F_MOVE)
+            except BlockingIOError:
+                try:
+                    _engine.wait(sock, write=True, deadline=deadline)
+                except TimeoutError as exc:
+                    exc.bytes_sent = done  # type: ignore[attr-defined]
+                    raise
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP) and done == 0:
+                    # This kernel cannot splice into TLS: send the pipe's bytes the usual way.
+                    return _send_all(self._e, memoryview(pipe.read_exactly(n)))
+                err = self._e.os_error(exc, "send")
+                err.bytes_sent = done  # type: ignore[attr-defined]  # also builtins
+                raise err from exc
+            done += m
+            self._count(m)
+            deadline = _engine.deadline_of(sock)
+        return done
 
     def can_send_alert(self, description: int) -> bool:
         return True
@@ -242,6 +285,9 @@ class UserTx:
                 raise
             sent += len(chunk)
         return sent
+
+    def send_pipe(self, pipe: Pipe, n: int) -> int:
+        return _send_all(self._e, memoryview(pipe.read_exactly(n)))
 
     def can_send_alert(self, description: int) -> bool:
         return description == CLOSE_NOTIFY  # OpenSSL has no API for other alerts

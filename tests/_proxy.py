@@ -106,6 +106,11 @@ class FaultProxy:
                 dst.sendall(data[:at])
             if mode == "rst":
                 dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                # The other pump may wait in poll() on dst, which holds the socket: close()
+                # alone would send the RST only when that wait ends. SHUT_RD (nothing goes
+                # on the wire) wakes it, and the last reference then goes with an RST.
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_RD)
                 dst.close()
             else:
                 dst.shutdown(socket.SHUT_WR)
