@@ -394,6 +394,10 @@ class Sink:
         """Wait until the kept bytes contain *needle*."""
         self._wait(lambda: needle in self._data, f"{needle[:40]!r}", timeout)
 
+    def wait_count(self, needle: bytes, count: int, timeout: float = TIMEOUT) -> None:
+        """Wait until the kept bytes contain *needle* at least *count* times."""
+        self._wait(lambda: self._data.count(needle) >= count, f"{count}x {needle!r}", timeout)
+
     def wait_closed(self, timeout: float = TIMEOUT) -> None:
         """Wait until the peer closed its stdout (normally: it exited)."""
         deadline = time.monotonic() + timeout
