@@ -6,7 +6,10 @@ Commands::
     ossl-ktls send HOST:PORT FILE [TLS options] [--json]
     ossl-ktls recv HOST:PORT [-o FILE] [TLS options] [--json]
     ossl-ktls serve [--cert C [--key K]] [--host H] [--port P] [TLS options] ROOT
+    ossl-ktls tunnel --accept HOST:PORT --connect HOST:PORT (--cert C [--key K] | --client)
+                     [TLS options] [--max-clients N] [--json]
     ossl-ktls stats [--watch [SEC]] [--count N] [--json]
+    ossl-ktls stats --sockets [--json]
     ossl-ktls run [--log] (SCRIPT | -m MODULE) [ARGS...]
 
 Every command that moves data ends with one summary line on stdout: bytes, seconds,
@@ -34,6 +37,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from .._linux_tls import Capabilities, probe
+from .._sock_diag import TLSSocket, tls_sockets
 from .._suites import SUITES
 from . import _run
 from ._output import (
@@ -60,6 +64,7 @@ __all__ = [
     "Summary",
     "build_parser",
     "format_probe",
+    "format_sockets",
     "human_bytes",
     "main",
     "read_tls_stat",
@@ -130,6 +135,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _cli_tls.cmd_serve(args)
 
 
+def cmd_tunnel(args: argparse.Namespace) -> int:
+    """``tunnel``: stunnel's job (TLS <-> plain TCP) spliced through kernel TLS."""
+    from . import _tunnel
+
+    return _tunnel.cmd_tunnel(args)
+
+
 # ---------------------------------------------------------------- stats
 
 
@@ -164,8 +176,76 @@ def _is_gauge(name: str) -> bool:
     return name.startswith("TlsCurr")
 
 
+def format_sockets(sockets: Sequence[TLSSocket]) -> list[str]:
+    """The human ``stats --sockets`` table: one line per kernel TLS socket."""
+    head = ("LOCAL", "PEER", "STATE", "TLS", "CIPHER", "TX", "RX", "OPTIONS")
+    rows = [head]
+    for s in sockets:
+        options = [
+            name
+            for name, on in (("zerocopy-sendfile", s.zerocopy_sendfile), ("rx-no-pad", s.rx_no_pad))
+            if on
+        ]
+        if s.tx_max_payload_len is not None:
+            options.append(f"tx-max-payload={s.tx_max_payload_len}")
+        rows.append(
+            (
+                s.local,
+                s.peer,
+                s.state,
+                s.version or "-",
+                s.cipher or "-",
+                _CONF_WORDS.get(s.tx, s.tx),
+                _CONF_WORDS.get(s.rx, s.rx),
+                ",".join(options) or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+# The kernel's TLS_CONF_* words, as an operator reads them.
+_CONF_WORDS = {"sw": "kernel", "hw": "nic", "hw_record": "nic-record", "base": "user"}
+
+
+def cmd_sockets(args: argparse.Namespace) -> int:
+    """``stats --sockets``: the kernel TLS sockets of this machine, from sock_diag."""
+    try:
+        sockets = tls_sockets()
+    except OSError as exc:
+        raise CLIError(f"cannot read sock_diag: {exc.strerror or exc}") from exc
+    privileged = os.geteuid() == 0
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "kernel": os.uname().release,
+                    "sockets": [s.as_json() for s in sockets],
+                    "complete": privileged,
+                }
+            ),
+            flush=True,
+        )
+        return 0
+    if sockets:
+        for line in format_sockets(sockets):
+            print(line)
+    print(
+        f"{len(sockets)} kernel TLS sockets (sock_diag, kernel {os.uname().release}); "
+        "TX/RX: kernel = the kernel's software crypto, nic = NIC offload, user = not in the kernel",
+        flush=True,
+    )
+    if not privileged:
+        warn("the kernel shows TLS details only to CAP_NET_ADMIN: run as root to see every socket")
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     """``stats``: /proc/net/tls_stat, and with ``--watch`` the rate of each counter."""
+    if args.sockets:
+        if args.watch is not None:
+            raise CLIError("--sockets and --watch do not go together", status=2)
+        return cmd_sockets(args)
     counters = _load_counters()
     kernel = os.uname().release
     if args.watch is None:
@@ -311,7 +391,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("stats", help="the kernel's TLS counters (/proc/net/tls_stat)")
+    p = sub.add_parser(
+        "tunnel",
+        help="stunnel-style TLS tunnel: TLS in, plain TCP out (or --client: the reverse), "
+        "spliced through kernel TLS",
+    )
+    p.add_argument("--accept", required=True, metavar="HOST:PORT", help="listen here (port 0: any)")
+    p.add_argument("--connect", required=True, metavar="HOST:PORT", help="forward to here")
+    p.add_argument(
+        "--client",
+        action="store_true",
+        help="accept plain TCP and originate TLS to --connect (default: accept TLS, "
+        "forward plain TCP)",
+    )
+    p.add_argument("--cert", metavar="C", help="server mode: certificate chain (PEM)")
+    p.add_argument("--key", metavar="K", help="server mode: private key (PEM; default: in --cert)")
+    p.add_argument(
+        "--max-clients", type=int, default=64, help="connections tunnelled at once (default 64)"
+    )
+    _add_tls_options(p, client=True)
+    p.add_argument(
+        "--json", action="store_true", help="JSON lines on stdout (ready, connections, summary)"
+    )
+    p.set_defaults(func=cmd_tunnel, timeout=300.0)
+
+    p = sub.add_parser(
+        "stats", help="the kernel's TLS counters (/proc/net/tls_stat), or its TLS sockets"
+    )
     p.add_argument(
         "--watch",
         type=float,
@@ -321,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the counters' rates every SEC seconds (default 1) until Ctrl-C",
     )
     p.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N samples")
+    p.add_argument(
+        "--sockets",
+        action="store_true",
+        help="list the live kernel TLS sockets and what the kernel does for each "
+        "(version, cipher, TX/RX in software or NIC, options), from sock_diag as ss -tie",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_stats)
 
