@@ -4,8 +4,8 @@ One ``SOCK_DIAG_BY_FAMILY`` dump per address family over a ``NETLINK_SOCK_DIAG``
 lists the TCP sockets; the kernel adds ``INET_DIAG_ULP_INFO`` to those with an upper layer
 protocol, and for ``tls`` it nests what kernel TLS really does: the version, the cipher,
 where each direction runs (``TLS_CONF_SW``: the kernel's software crypto; ``HW``: NIC
-offload; ``BASE``: not installed), zero-copy sendfile, RX no-padding, and the TX record
-size cap. The kernel shows ULP info only to callers with CAP_NET_ADMIN.
+offload; ``BASE``, "none" as ss says: not installed), zero-copy sendfile, RX no-padding,
+and the TX record size cap. The kernel shows ULP info only to callers with CAP_NET_ADMIN.
 
 :func:`parse_dump` is pure (bytes in, records out) and tested on the host; :func:`tls_sockets`
 does the one netlink exchange.
@@ -47,7 +47,8 @@ _REQ_V2 = struct.Struct("=BBBBI48s")
 _DIAG_MSG = struct.Struct("=BBBB2s2s16s16sI2IIIIII")  # inet_diag_msg: 72 bytes
 _RTATTR = struct.Struct("=HH")
 
-CONF_NAMES = {1: "base", 2: "sw", 3: "hw", 4: "hw_record"}
+# TLS_CONF_* as ss (iproute2) names them: BASE is "none" (not in the kernel).
+CONF_NAMES = {1: "none", 2: "sw", 3: "hw", 4: "hw-record"}
 _TCP_STATES = {
     1: "ESTABLISHED",
     2: "SYN-SENT",
@@ -76,7 +77,7 @@ class TLSSocket:
     uid: int
     version: str | None  # "1.2", "1.3"; None before keys were installed
     cipher: str | None  # our name ("aes-128-gcm"), or "kernel cipher N"
-    tx: str  # "sw", "hw", "base" (not in the kernel), ...
+    tx: str  # "sw", "hw", "hw-record", "none" (not in the kernel)
     rx: str
     zerocopy_sendfile: bool
     rx_no_pad: bool

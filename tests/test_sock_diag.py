@@ -106,15 +106,15 @@ def test_parses_a_tls_socket_and_skips_the_others() -> None:
         1000,
         77,
     )
-    assert (s.version, s.cipher, s.tx, s.rx) == ("1.2", "chacha20-poly1305", "sw", "base")
+    assert (s.version, s.cipher, s.tx, s.rx) == ("1.2", "chacha20-poly1305", "sw", "none")
     assert (s.rx_no_pad, s.zerocopy_sendfile, s.tx_max_payload_len) == (True, False, 512)
 
 
 def test_a_socket_before_its_keys() -> None:
-    """The ULP attached, no key installed yet: no version, no cipher, both 'base'."""
+    """The ULP attached, no key installed yet: no version, no cipher, both 'none'."""
     found, _ = diag.parse_dump(diag_msg(attrs=tls_ulp(version=None, cipher=None, tx=1, rx=1)))
     [s] = found
-    assert (s.version, s.cipher, s.tx, s.rx) == (None, None, "base", "base")
+    assert (s.version, s.cipher, s.tx, s.rx) == (None, None, "none", "none")
 
 
 def test_dump_split_over_reads_and_errors() -> None:

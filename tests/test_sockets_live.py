@@ -47,7 +47,7 @@ def test_a_wrapped_pair_as_the_kernel_sees_it(
     certs: Certs, expect_kernel: ExpectKernel, version: str, cipher: str
 ) -> None:
     """Both ends of a wrapped pair: found by sock_diag with the version and cipher
-    negotiated and each direction where ``wrap()`` put it (sw: the kernel; base: user
+    negotiated and each direction where ``wrap()`` put it (sw: the kernel; none: user
     space); ``ss -tie`` reports the same for the same address pairs."""
     client, server = connected_pair(
         make_context(certs, server=False, version=version, cipher=cipher),
@@ -68,8 +68,8 @@ def test_a_wrapped_pair_as_the_kernel_sees_it(
         for pair, k in names.items():
             s = found[pair]
             assert (s.version, s.cipher) == (version, cipher)
-            assert s.tx == ("sw" if k.ktls_tx else "base")
-            assert s.rx == ("sw" if k.ktls_rx else "base")
+            assert s.tx == ("sw" if k.ktls_tx else "none")
+            assert s.rx == ("sw" if k.ktls_rx else "none")
             asked = k is b and k.ktls_rx and version == "1.3" and k.fallback_reason is None
             assert s.rx_no_pad == asked
             mine = ss[pair]

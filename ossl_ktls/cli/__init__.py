@@ -205,7 +205,7 @@ def format_sockets(sockets: Sequence[TLSSocket]) -> list[str]:
 
 
 # The kernel's TLS_CONF_* words, as an operator reads them.
-_CONF_WORDS = {"sw": "kernel", "hw": "nic", "hw_record": "nic-record", "base": "user"}
+_CONF_WORDS = {"sw": "kernel", "hw": "nic", "hw-record": "nic-record", "none": "user"}
 
 
 def cmd_sockets(args: argparse.Namespace) -> int:

@@ -47,7 +47,6 @@ import mimetypes
 import os
 import posixpath
 import re
-import select
 import socket
 import stat
 import sys
@@ -65,6 +64,7 @@ from OpenSSL import SSL
 from .. import __version__
 from .._connection import KTLSConnection, wrap
 from .._errors import Error
+from ._listen import accept_until
 
 SERVER_NAME = f"ossl-ktls/{__version__}"
 MAX_HEAD = 16 << 10
@@ -349,32 +349,17 @@ class StaticServer:
         """Accept and serve until *stop* is set, then stop cleanly (see module docstring)."""
         self._started = time.monotonic()
         try:
-            while not stop.is_set():
-                if not self._slots.acquire(timeout=0.25):
-                    continue
-                try:
-                    ready, _, _ = select.select([self.listener], [], [], 0.25)
-                    if not ready:
-                        self._slots.release()
-                        continue
-                    raw, addr = self.listener.accept()
-                except (InterruptedError, BlockingIOError, ConnectionAbortedError):
-                    self._slots.release()
-                    continue
-                except OSError:
-                    self._slots.release()
-                    if stop.is_set():
-                        break
-                    time.sleep(0.1)  # EMFILE and friends: do not spin
-                    continue
-                thread = threading.Thread(
-                    target=self._connection, args=(raw, addr), daemon=True, name="ossl-ktls-http"
-                )
-                with self._lock:
-                    self._active[raw] = thread
-                thread.start()
+            accept_until(self.listener, self._slots, stop, self._spawn)
         finally:
             self._shutdown()
+
+    def _spawn(self, raw: socket.socket, addr: tuple[str, ...]) -> None:
+        thread = threading.Thread(
+            target=self._connection, args=(raw, addr), daemon=True, name="ossl-ktls-http"
+        )
+        with self._lock:
+            self._active[raw] = thread
+        thread.start()
 
     def _shutdown(self) -> None:
         self._stopping.set()

@@ -82,6 +82,23 @@ def client_context(args: argparse.Namespace) -> SSL.Context:
     return ctx
 
 
+def load_certificate(ctx: SSL.Context, cert: str, key: str) -> None:
+    """The server's certificate chain and key (PEM files), checked to match."""
+    try:
+        ctx.use_certificate_chain_file(cert)
+        ctx.use_privatekey_file(key)
+        ctx.check_privatekey()
+    except SSL.Error as exc:
+        raise CLIError(f"cannot use certificate {cert} / key {key}: {_ssl_reason(exc)}") from exc
+
+
+def server_context(cert: str, key: str | None) -> SSL.Context:
+    """A server Context with *cert* and *key* (default: in *cert*), not yet configured."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    load_certificate(ctx, cert, key or cert)
+    return ctx
+
+
 def _ssl_reason(exc: BaseException) -> str:
     """The reasons of a pyOpenSSL error, as one short phrase."""
     if isinstance(exc, SSL.SysCallError):
@@ -431,14 +448,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 hosts.insert(0, args.host)
             cert, key = throwaway_certificate(tmpdir, hosts)
             throwaway = True
-        try:
-            ctx.use_certificate_chain_file(cert)
-            ctx.use_privatekey_file(key)
-            ctx.check_privatekey()
-        except SSL.Error as exc:
-            raise CLIError(
-                f"cannot use certificate {cert} / key {key}: {_ssl_reason(exc)}"
-            ) from exc
+        load_certificate(ctx, cert, key)
         configure_context(ctx, args.tls, args.cipher)
         try:
             listener = _http.listen(args.host, args.port)

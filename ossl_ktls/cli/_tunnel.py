@@ -46,7 +46,6 @@ import ctypes
 import ctypes.util
 import json
 import os
-import select
 import signal
 import socket
 import struct
@@ -59,6 +58,7 @@ from OpenSSL import SSL
 
 from .._connection import KTLSConnection, wrap
 from .._errors import Error, LocalIOError, TLSAlertError, TruncatedStream
+from ._listen import accept_until
 from ._output import CLIError, human_bytes
 from ._tls import _ssl_reason, set_peer_name
 
@@ -294,30 +294,7 @@ class Tunnel:
     def serve(self, stop: threading.Event, stop_now: threading.Event) -> None:
         """Accept until *stop*; then let open connections finish (all reset at *stop_now*)."""
         try:
-            while not stop.is_set():
-                if not self._slots.acquire(timeout=0.25):
-                    continue
-                try:
-                    ready, _, _ = select.select([self.listener], [], [], 0.25)
-                    if not ready:
-                        self._slots.release()
-                        continue
-                    raw, addr = self.listener.accept()
-                except (InterruptedError, BlockingIOError, ConnectionAbortedError):
-                    self._slots.release()
-                    continue
-                except OSError:
-                    self._slots.release()
-                    if stop.is_set():
-                        break
-                    time.sleep(0.1)  # EMFILE and friends: do not spin
-                    continue
-                thread = threading.Thread(
-                    target=self._connection, args=(raw, addr), daemon=True, name="ossl-ktls-tunnel"
-                )
-                with self._lock:
-                    self._active[thread] = None
-                thread.start()
+            accept_until(self.listener, self._slots, stop, self._spawn)
         finally:
             with contextlib.suppress(OSError):
                 self.listener.close()
@@ -338,6 +315,14 @@ class Tunnel:
                 for pump in pumps:
                     pump.stop()
             threads[0].join(0.25)
+
+    def _spawn(self, raw: socket.socket, addr: tuple[str, ...]) -> None:
+        thread = threading.Thread(
+            target=self._connection, args=(raw, addr), daemon=True, name="ossl-ktls-tunnel"
+        )
+        with self._lock:
+            self._active[thread] = None
+        thread.start()
 
     def _connection(self, raw: socket.socket, addr: tuple[str, ...]) -> None:
         o = self.options
@@ -419,7 +404,7 @@ def cmd_tunnel(args: object) -> int:
     import argparse
 
     from .._linux_tls import probe
-    from ._tls import client_context, configure_context
+    from ._tls import client_context, configure_context, server_context
 
     assert isinstance(args, argparse.Namespace)
     accept = parse_endpoint(args.accept, listen=True)
@@ -433,16 +418,7 @@ def cmd_tunnel(args: object) -> int:
             raise CLIError("server mode needs --cert (and --key unless the key is in it)", status=2)
         if args.cafile or args.insecure or args.servername:
             raise CLIError("--cafile, --insecure and --servername need --client", status=2)
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        key = args.key or args.cert
-        try:
-            ctx.use_certificate_chain_file(args.cert)
-            ctx.use_privatekey_file(key)
-            ctx.check_privatekey()
-        except SSL.Error as exc:
-            raise CLIError(
-                f"cannot use certificate {args.cert} / key {key}: {_ssl_reason(exc)}"
-            ) from exc
+        ctx = server_context(args.cert, args.key)
         configure_context(ctx, args.tls, args.cipher)
     if args.require_ktls:
         caps = probe()
