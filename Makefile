@@ -5,6 +5,7 @@
 #                     ARGS=... goes to pytest in the host and kernel environments
 #   make demo         setup, fetch the newest kernel, move a file over kernel TLS
 #   make bench        the benchmark inside the newest lab kernel -> docs/benchmarks.{md,json,png}
+#                     and docs/tunnel-benchmark.{md,json} (ossl-ktls tunnel vs stunnel4)
 #   make lint | type | host | host-py312 | host-py313 | mindeps
 #   make kernel-5.10 | kernel-6.1 | kernel-6.12 | kernel-7.2
 #                     one tox environment; pytest arguments via ARGS="-k something"

@@ -2,7 +2,7 @@
 # Install what the kernel lab needs (used by `make setup`, hence by `make test` and `make demo`).
 #
 #  1. Debian packages: qemu-system-x86 busybox-static kmod cpio udev openssl gnutls-bin curl
-#     iproute2 (ss: the sock_diag differential test),
+#     iproute2 (ss: the sock_diag differential test), stunnel4 (the tunnel benchmark),
 #     plus python3/python3-venv. Nothing is installed when all are present. When some are
 #     missing and this is not Debian or not root, the missing ones are listed with the command
 #     that would install them, and the script exits 1.
@@ -32,6 +32,7 @@ REQUIREMENTS=(
   "gnutls-bin:gnutls-cli"
   "curl:curl"
   "iproute2:ss"
+  "stunnel4:stunnel4"
   "python3:$PYTHON"
   "python3-venv:py:import ensurepip, venv"
 )
