@@ -1091,6 +1091,15 @@ def markdown(raw: Json, r: Results, summary: Json, pngs: list[tuple[str, str]]) 
         lines += ["", notes_file.read_text().strip()]
     lines += [
         "",
+        "### The tunnel, and receiving to a file",
+        "",
+        "`ossl-ktls tunnel` against stunnel4 and a pyOpenSSL copy-loop tunnel (both modes, "
+        "both directions, 64 connections at once), and `recvfile` against `recv_into` + "
+        "`write`, are measured by `python -m bench.tunnel` (`make bench` runs both): "
+        "[tunnel-benchmark.md](tunnel-benchmark.md).",
+    ]
+    lines += [
+        "",
         "## Bulk transfer, sender measured",
         "",
         "The sender is a TLS server; the receiver, another process, finishes its handshake "

@@ -77,7 +77,7 @@ LABELS = {
     "pyopenssl": "pyOpenSSL copy loop",
 }
 RECEIVERS = ("recvfile", "recv_into_write")
-TIMEOUT = 600.0
+TIMEOUT = 120.0  # a stalled sample fails after this, with diagnostics, and the run goes on
 
 
 def log(msg: str) -> None:
@@ -435,14 +435,18 @@ def measure(args: argparse.Namespace) -> Json:
                     proc, port = start_tunnel(
                         variant, suite, certs, mode, backend.getsockname()[1], work
                     )
+                    error = None
                     try:
                         c0 = proc_cpu(proc.pid, threaded=True)
                         seconds, got = transfer(ends, port, backend, mode, direction, out)
                         c1 = proc_cpu(proc.pid, threaded=True)
+                    except Exception as exc:
+                        error = _diagnose(exc, variant, mode, work)
+                        seconds, got, c1 = 0.0, -1, c0
                     finally:
                         stop(proc)
                         backend.close()
-                    ok = _digest(out) == expected and got == args.size
+                    ok = error is None and _digest(out) == expected and got == args.size
                     cpu = (c1 - c0).total
                     samples.append(
                         {
@@ -456,6 +460,7 @@ def measure(args: argparse.Namespace) -> Json:
                             "seconds": seconds,
                             "tunnel_cpu_s": cpu,
                             "ok": ok,
+                            "error": error,
                         }
                     )
                     log(
@@ -474,6 +479,9 @@ def measure(args: argparse.Namespace) -> Json:
                     c0 = proc_cpu(proc.pid, threaded=True)
                     seconds, oks = _concurrent(conc_ends, port, backend, args.clients, work)
                     c1 = proc_cpu(proc.pid, threaded=True)
+                except Exception as exc:
+                    _diagnose(exc, variant, "server", work)
+                    seconds, oks, c1 = 0.0, [], c0
                 finally:
                     stop(proc)
                     backend.close()
@@ -495,7 +503,10 @@ def measure(args: argparse.Namespace) -> Json:
                 log(f"rep {rep} {suite.key} {clients} {variant}: {seconds:.1f} s, ok={ok}")
         for mode in RECEIVERS[rep % 2 :] + RECEIVERS[: rep % 2]:
             ends = Endpoints(suites[0], certs, payload)
-            s = receive_sample(ends, certs, mode, out)
+            try:
+                s = receive_sample(ends, certs, mode, out)
+            except Exception as exc:
+                s = {"bytes": -1, "seconds": 0.0, "cpu_s": 0.0, "error": repr(exc)}
             s.update({"part": "recvfile", "rep": rep, "suite": suites[0].key, "variant": mode})
             s["ok"] = _digest(out) == expected and s["bytes"] == args.size
             samples.append(s)
@@ -517,6 +528,20 @@ def measure(args: argparse.Namespace) -> Json:
         "reps": args.reps,
         "samples": samples,
     }
+
+
+def _diagnose(exc: BaseException, variant: str, mode: str, work: Path) -> str:
+    """What a failed sample left behind: the error, the sockets as the kernel sees them,
+    the tunnel's log. Printed, and kept in the raw results."""
+    parts = [repr(exc)]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        ss = subprocess.run(["ss", "-tieHn"], capture_output=True, text=True, timeout=30)
+        parts.append(ss.stdout)
+    with contextlib.suppress(OSError):
+        parts.append((work / f"{variant}-{mode}.log").read_text(errors="replace")[-4000:])
+    text = "\n".join(parts)
+    log(f"sample failed: {text}")
+    return text
 
 
 def _concurrent(
