@@ -65,17 +65,13 @@ from bench.common import (
     proc_cpu,
     pyopenssl_context,
 )
+from bench.run import free_port, listening
 
 Json = dict[str, Any]
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 VM_OUT = REPO / "build" / "bench-tunnel-vm"
 TUNNELS = ("ossl_ktls", "stunnel", "pyopenssl")
-LABELS = {
-    "ossl_ktls": "ossl-ktls tunnel (kTLS + splice)",
-    "stunnel": "stunnel4 (OpenSSL, user space)",
-    "pyopenssl": "pyOpenSSL copy loop",
-}
 RECEIVERS = ("recvfile", "recv_into_write")
 TIMEOUT = 120.0  # a stalled sample fails after this, with diagnostics, and the run goes on
 
@@ -84,27 +80,15 @@ def log(msg: str) -> None:
     print(f"bench.tunnel: {msg}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
     """Until *port* is in LISTEN state (read from /proc, never probed by connecting)."""
     deadline = time.monotonic() + timeout
-    hexport = f":{port:04X}"
-    while time.monotonic() < deadline:
+    while not listening(port):
         if proc.poll() is not None:
             raise RuntimeError(f"the tunnel exited with {proc.returncode} before listening")
-        with open("/proc/net/tcp", encoding="ascii") as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[1].endswith(hexport) and fields[3] == "0A":
-                    return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on {port} after {timeout} s")
         time.sleep(0.01)
-    raise TimeoutError(f"nothing listens on {port} after {timeout} s")
 
 
 # ---------------------------------------------------------------- the tunnels

@@ -394,6 +394,18 @@ class Engine:
                 raise ConnectionClosed("send() after shutdown()")
             return self.tx.send(view, more)
 
+    def send_all(self, view: memoryview) -> int:
+        """Send all of *view* (a blocking socket or one with a timeout: no EAGAIN); an
+        error carries ``bytes_sent``, what went out of *view* before it."""
+        done = 0
+        try:
+            while done < len(view):
+                done += self.send(view[done:], False)
+        except (OSError, Error) as exc:
+            exc.bytes_sent = done  # type: ignore[union-attr]
+            raise
+        return done
+
     def sendfile(self, file: BinaryIO | IO[bytes], offset: int, count: int | None) -> int:
         """``socket.sendfile``'s contract: the file position is left after the last byte
         sent; an error carries ``bytes_sent``, what the peer was really sent before it."""
@@ -446,14 +458,7 @@ class Engine:
                 n = src.read_into(buf[: min(want, READ_CHUNK)])
                 if n == 0:
                     break
-                done = 0
-                try:
-                    while done < n:
-                        done += self.send(buf[done:n], False)
-                except (Error, OSError) as exc:
-                    exc.bytes_sent = done  # type: ignore[union-attr]
-                    raise
-                sent += n
+                sent += self.send_all(buf[:n])
         except _splice.InputError as exc:
             cut = self.other_side_failed("send_stream(): reading the source", exc.error, sent)
             cut.bytes_sent = sent

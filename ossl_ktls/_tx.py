@@ -30,19 +30,6 @@ def _file_ended(sent: int, count: int) -> Error:
     return err
 
 
-def _send_all(engine: Engine, view: memoryview) -> int:
-    """Send all of *view* (a blocking socket or one with a timeout: no EAGAIN); an error
-    carries ``bytes_sent``."""
-    done = 0
-    try:
-        while done < len(view):
-            done += engine.send(view[done:], False)
-    except (OSError, Error) as exc:
-        exc.bytes_sent = done  # type: ignore[union-attr]
-        raise
-    return done
-
-
 class KernelTx:
     """TX in the kernel: plaintext goes into the socket, the kernel makes the records.
 
@@ -120,7 +107,7 @@ class KernelTx:
             except OSError as exc:
                 if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP) and done == 0:
                     # This kernel cannot splice into TLS: send the pipe's bytes the usual way.
-                    return _send_all(self._e, memoryview(pipe.read_exactly(n)))
+                    return self._e.send_all(memoryview(pipe.read_exactly(n)))
                 err = self._e.os_error(exc, "send")
                 err.bytes_sent = done  # type: ignore[attr-defined]  # also builtins
                 raise err from exc
@@ -287,7 +274,7 @@ class UserTx:
         return sent
 
     def send_pipe(self, pipe: Pipe, n: int) -> int:
-        return _send_all(self._e, memoryview(pipe.read_exactly(n)))
+        return self._e.send_all(memoryview(pipe.read_exactly(n)))
 
     def can_send_alert(self, description: int) -> bool:
         return description == CLOSE_NOTIFY  # OpenSSL has no API for other alerts
