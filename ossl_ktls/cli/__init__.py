@@ -302,7 +302,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
-def _add_tls_options(p: argparse.ArgumentParser, *, client: bool) -> None:
+def _add_tls_options(p: argparse.ArgumentParser, *, client: bool, timeout: float = 30.0) -> None:
     g = p.add_argument_group("TLS")
     g.add_argument(
         "--tls", choices=VERSIONS, help="use only this TLS version (default: 1.2 or 1.3)"
@@ -341,9 +341,9 @@ def _add_tls_options(p: argparse.ArgumentParser, *, client: bool) -> None:
     g.add_argument(
         "--timeout",
         type=float,
-        default=30.0,
+        default=timeout,
         metavar="SEC",
-        help="give up when the peer makes no progress for this long (default 30)",
+        help=f"give up when the peer makes no progress for this long (default {timeout:g})",
     )
 
 
@@ -409,11 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-clients", type=int, default=64, help="connections tunnelled at once (default 64)"
     )
-    _add_tls_options(p, client=True)
+    _add_tls_options(p, client=True, timeout=300.0)
     p.add_argument(
         "--json", action="store_true", help="JSON lines on stdout (ready, connections, summary)"
     )
-    p.set_defaults(func=cmd_tunnel, timeout=300.0)
+    p.set_defaults(func=cmd_tunnel)
 
     p = sub.add_parser(
         "stats", help="the kernel's TLS counters (/proc/net/tls_stat), or its TLS sockets"
